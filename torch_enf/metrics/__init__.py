@@ -1,1 +1,5 @@
-__all__ = []
+from .divergence import histogram_js_divergence, pairwise_distances
+__all__ = [
+    'pairwise_distances',
+    'histogram_js_divergence',
+]
