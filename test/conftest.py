@@ -1,0 +1,54 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data'
+
+
+def random_orthogonal(n: int, generator: torch.Generator,
+                      reflect: bool = True) -> torch.Tensor:
+    r"""A random orthogonal matrix (a reflection when :obj:`reflect`)."""
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator,
+                                       dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if reflect == bool(torch.det(q) > 0):
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def permutation_within_graphs(batch: torch.Tensor,
+                              generator: torch.Generator) -> torch.Tensor:
+    r"""A node permutation that keeps every node inside its own graph (so the
+    permuted batch vector stays sorted)."""
+    perm = torch.empty_like(batch)
+    for g in batch.unique():
+        nodes = torch.nonzero(batch == g).view(-1)
+        perm[nodes] = nodes[torch.randperm(nodes.numel(),
+                                           generator=generator)]
+    return perm
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(12345)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def mixed_batch(sizes, n_dims, generator, channels=0, scale=1.5):
+    r"""Positions (and features) of a batch of graphs of the given sizes."""
+    batch = torch.repeat_interleave(torch.arange(len(sizes)),
+                                    torch.tensor(sizes))
+    pos = scale * torch.randn(batch.numel(), n_dims, generator=generator,
+                              dtype=torch.float64)
+    h = torch.randn(batch.numel(), channels, generator=generator,
+                    dtype=torch.float64)
+    return pos, h, batch
+
+
+LOG_2PI = math.log(2 * math.pi)

@@ -1,0 +1,177 @@
+import pytest
+import torch
+
+from torch_enf.nn import EGCL, EGNN, full_edge_index, radius_graph
+
+from .conftest import mixed_batch, permutation_within_graphs, random_orthogonal
+
+SIZES = [3, 5, 2, 7]
+
+LAYER_OPTIONS = [
+    dict(),
+    dict(edge_inference=True, coords_norm=1.0, coords_range=3.0),
+    dict(aggr='mean', coords_norm=0.5),
+    dict(edge_dim=2, edge_inference=True),
+]
+
+
+def edge_attributes(edge_index, dim, generator):
+    # Symmetric, transformation-invariant edge attributes.
+    if dim == 0:
+        return None
+    src, dst = edge_index
+    key = torch.minimum(src, dst) * 1000 + torch.maximum(src, dst)
+    table = torch.randn(int(key.max()) + 1, dim, generator=generator,
+                        dtype=torch.float64)
+    return table[key]
+
+
+def transform_check(model, n_dims, generator, channels, edge_dim=0,
+                    graph='full', vel=False):
+    pos, h, batch = mixed_batch(SIZES, n_dims, generator, channels)
+    edge_index = full_edge_index(batch) if graph == 'full' else \
+        radius_graph(pos, 2.5, batch)
+    edge_attr = edge_attributes(edge_index, edge_dim, generator)
+    q = random_orthogonal(n_dims, generator)
+    shift = torch.randn(1, n_dims, generator=generator, dtype=torch.float64)
+    perm = permutation_within_graphs(batch, generator)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+
+    extra = {}
+    if vel:
+        extra['vel'] = torch.randn(pos.shape, generator=generator,
+                                   dtype=torch.float64)
+    out = model(h, pos, edge_index, edge_attr, **extra)
+
+    pos_t = pos @ q.t() + shift
+    edge_index_t = full_edge_index(batch) if graph == 'full' else \
+        radius_graph(pos_t[perm], 2.5, batch)
+    # Relabel edges so that the attributes follow their node pairs.
+    if graph == 'full':
+        edge_index_t = inv[edge_index]
+    extra_t = {k: (v @ q.t())[perm] for k, v in extra.items()}
+    edge_attr_t = edge_attributes(edge_index_t, 0, generator) \
+        if edge_dim == 0 else edge_attr
+    out_t = model(h[perm], pos_t[perm], edge_index_t, edge_attr_t, **extra_t)
+
+    torch.testing.assert_close(out_t[0], out[0][perm])  # h invariant
+    torch.testing.assert_close(out_t[1], (out[1] @ q.t() + shift)[perm])
+    if vel:
+        torch.testing.assert_close(out_t[2], (out[2] @ q.t())[perm])
+    # The layer must do something for the check to mean anything.
+    assert not torch.allclose(out[1], pos)
+    return out
+
+
+@pytest.mark.parametrize('n_dims', [2, 3])
+@pytest.mark.parametrize('options', LAYER_OPTIONS)
+def test_egcl_is_equivariant(n_dims, options, generator):
+    conv = EGCL(4, 16, **options).double()
+    # Make the coordinate update large enough to be seen.
+    torch.nn.init.normal_(conv.coord_lin2.weight, std=0.5)
+    transform_check(conv, n_dims, generator, 4, options.get('edge_dim', 0))
+
+
+@pytest.mark.parametrize('n_dims', [2, 3])
+def test_egcl_is_equivariant_on_radius_graphs(n_dims, generator):
+    conv = EGCL(4, 16, 8, edge_inference=True, coords_norm=1.0).double()
+    torch.nn.init.normal_(conv.coord_lin2.weight, std=0.5)
+    transform_check(conv, n_dims, generator, 4, graph='radius')
+
+
+def test_egcl_velocity_variant_is_equivariant(generator):
+    conv = EGCL(4, 16, velocity=True, coords_norm=1.0).double()
+    h, pos, vel = transform_check(conv, 3, generator, 4, vel=True)
+    assert vel.shape == pos.shape
+
+
+@pytest.mark.parametrize('n_dims', [2, 3])
+def test_egnn_is_equivariant(n_dims, generator):
+    model = EGNN(4, 16, 3, num_layers=3, edge_inference=True,
+                 coords_norm=1.0, coords_range=10.0).double()
+    for conv in model.convs:
+        torch.nn.init.normal_(conv.coord_lin2.weight, std=0.5)
+    transform_check(model, n_dims, generator, 4)
+
+
+def test_mean_aggregation_is_sum_over_m_minus_one(generator):
+    pos, h, batch = mixed_batch([4, 4], 3, generator, 2)
+    edge_index = full_edge_index(batch)
+    add = EGCL(2, 8, aggr='add').double()
+    mean = EGCL(2, 8, aggr='mean').double()
+    mean.load_state_dict(add.state_dict())
+    shift_add = add(h, pos, edge_index)[1] - pos
+    shift_mean = mean(h, pos, edge_index)[1] - pos
+    torch.testing.assert_close(shift_mean, shift_add / 3)
+
+
+def test_gradients_are_finite_for_coincident_points():
+    conv = EGCL(2, 8, coords_norm=1.0, coords_range=2.0)
+    pos = torch.zeros(3, 3, requires_grad=True)
+    h = torch.randn(3, 2)
+    edge_index = full_edge_index(torch.zeros(3, dtype=torch.long))
+    h_out, pos_out = conv(h, pos, edge_index)
+    (h_out.sum() + pos_out.pow(2).sum()).backward()
+    assert torch.isfinite(pos.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in conv.parameters()
+               if p.grad is not None)
+
+
+def test_reset_parameters_reinitialises_every_parameter():
+    conv = EGCL(3, 8, edge_inference=True, velocity=True)
+    torch.manual_seed(1)
+    conv.reset_parameters()
+    first = [p.detach().clone() for p in conv.parameters()]
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.fill_(7.0)
+    torch.manual_seed(1)
+    conv.reset_parameters()
+    for before, after in zip(first, conv.parameters()):
+        torch.testing.assert_close(after, before)
+        assert not bool((after == 7.0).all())
+    # The coordinate head starts small (Xavier gain 1e-3).
+    assert float(conv.coord_lin2.weight.abs().max()) < 1e-3
+
+
+def test_egcl_output_channels_and_repr():
+    conv = EGCL(3, 8, 5)
+    h, pos = torch.randn(4, 3), torch.randn(4, 2)
+    edge_index = full_edge_index(torch.zeros(4, dtype=torch.long))
+    h_out, pos_out = conv(h, pos, edge_index)
+    assert h_out.shape == (4, 5) and pos_out.shape == (4, 2)
+    assert 'EGCL(3, 5' in repr(conv)
+
+
+@pytest.mark.parametrize('call, message', [
+    (lambda c, h, p, e: c(h[:, :2], p, e), "'h'"),
+    (lambda c, h, p, e: c(h, p[:3], e), "'pos'"),
+    (lambda c, h, p, e: c(h, p, e[0]), "'edge_index'"),
+    (lambda c, h, p, e: c(h, p, e, torch.ones(e.size(1), 1)), 'edge_dim'),
+    (lambda c, h, p, e: c(h, p.index_fill(0, torch.tensor([1]),
+                                          float('nan')), e), 'non-finite'),
+    (lambda c, h, p, e: c(h, p, e, vel=p), 'velocity'),
+])
+def test_egcl_bad_input(call, message):
+    conv = EGCL(3, 8)
+    h, pos = torch.randn(4, 3), torch.randn(4, 2)
+    edge_index = full_edge_index(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=message):
+        call(conv, h, pos, edge_index)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match='aggr'):
+        EGCL(2, 4, aggr='max')
+    with pytest.raises(ValueError, match='coords_norm'):
+        EGCL(2, 4, coords_norm=0.0)
+    with pytest.raises(ValueError, match='num_layers'):
+        EGNN(2, 4, 2, num_layers=0)
+
+
+def test_egnn_positions_only_output():
+    model = EGNN(1, 8, 0, num_layers=2)
+    h_out, pos_out = model(torch.ones(5, 1), torch.randn(5, 3),
+                           full_edge_index(torch.zeros(5, dtype=torch.long)))
+    assert h_out.shape == (5, 0) and pos_out.shape == (5, 3)

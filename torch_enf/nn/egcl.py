@@ -1,0 +1,257 @@
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.nn import Linear, Module, Sequential, Tanh
+from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.inits import reset
+
+from torch_enf.utils import check_finite
+
+
+def safe_norm(sq_norm: Tensor) -> Tensor:
+    r"""Square root of :obj:`sq_norm` whose gradient is zero (not NaN) where
+    the norm vanishes, e.g. for coincident points."""
+    positive = sq_norm > 0
+    root = torch.where(positive, sq_norm, torch.ones_like(sq_norm)).sqrt()
+    return torch.where(positive, root, torch.zeros_like(sq_norm))
+
+
+class EGCL(MessagePassing):
+    r"""The E(n)-equivariant graph convolutional layer from the
+    `"E(n) Equivariant Graph Neural Networks"
+    <https://arxiv.org/abs/2102.09844>`_ paper
+
+    .. math::
+        \mathbf{m}_{ij} &= \phi_e\left(\mathbf{h}_i, \mathbf{h}_j,
+        \|\mathbf{x}_i - \mathbf{x}_j\|^2, \mathbf{a}_{ij}\right),
+        \qquad e_{ij} = \sigma\left(\phi_{\inf}(\mathbf{m}_{ij})\right)
+
+        \mathbf{x}_i^{\prime} &= \mathbf{x}_i + \bigoplus_{j \in
+        \mathcal{N}(i)} \frac{\mathbf{x}_i - \mathbf{x}_j}
+        {\|\mathbf{x}_i - \mathbf{x}_j\| + C} \,
+        \phi_x(e_{ij}\mathbf{m}_{ij})
+
+        \mathbf{h}_i^{\prime} &= \mathbf{h}_i + \phi_h\left(\mathbf{h}_i,
+        \bigoplus_{j \in \mathcal{N}(i)} e_{ij} \mathbf{m}_{ij}\right)
+
+    where :math:`\bigoplus` is the aggregation (:obj:`"add"`, or
+    :obj:`"mean"` for the paper's :math:`1/(M-1)` normalisation on fully
+    connected graphs), :math:`e_{ij} = 1` without edge inference, the
+    denominator is :math:`1` when :obj:`coords_norm` is :obj:`None`, and
+    :math:`\phi_x` ends in :math:`r \tanh(\cdot)` when
+    :obj:`coords_range=r` is set. The feature residual is used when input and
+    output widths agree. The coordinate update is E(n)-equivariant and the
+    feature update E(n)-invariant.
+
+    With velocities :math:`\mathbf{v}_i` (the momentum variant),
+
+    .. math::
+        \mathbf{v}_i^{\prime} = \phi_v(\mathbf{h}_i)\, \mathbf{v}_i +
+        \bigoplus_{j} \frac{\mathbf{x}_i - \mathbf{x}_j}
+        {\|\mathbf{x}_i - \mathbf{x}_j\| + C}\, \phi_x(e_{ij}\mathbf{m}_{ij}),
+        \qquad \mathbf{x}_i^{\prime} = \mathbf{x}_i + \mathbf{v}_i^{\prime}.
+
+    Works on any graph: fully connected (see
+    :func:`~torch_enf.nn.full_edge_index`) or sparse (see
+    :func:`~torch_enf.nn.radius_graph`). Internally, the first linear map of
+    :math:`\phi_e` is applied to the node features before they are gathered
+    to the edges, which is exact and saves most of the per-edge work.
+
+    Args:
+        in_channels (int): Size of the input node features :math:`\mathbf{h}`.
+        hidden_channels (int): Size of the messages and hidden layers.
+        out_channels (int, optional): Size of the output node features.
+            (default: :obj:`None`: same as :obj:`in_channels`)
+        edge_dim (int, optional): Size of the edge attributes
+            :math:`\mathbf{a}_{ij}`. (default: :obj:`0`)
+        edge_inference (bool, optional): If set to :obj:`True`, messages are
+            gated by the soft edge weights :math:`e_{ij}`. (default:
+            :obj:`False`)
+        coords_norm (float, optional): The constant :math:`C > 0` of the
+            normalised coordinate differences. (default: :obj:`None`:
+            unnormalised)
+        coords_range (float, optional): If set, bounds :math:`\phi_x` by
+            :math:`r \tanh`. (default: :obj:`None`)
+        aggr (str, optional): :obj:`"add"` or :obj:`"mean"`. (default:
+            :obj:`"add"`)
+        act (torch.nn.Module, optional): The non-linearity. (default:
+            :class:`torch.nn.SiLU`)
+
+    Shapes:
+        - **input:**
+          node features :math:`(|\mathcal{V}|, F_{in})`,
+          positions :math:`(|\mathcal{V}|, n)`,
+          edge indices :math:`(2, |\mathcal{E}|)`,
+          edge attributes :math:`(|\mathcal{E}|, D)` *(optional)*,
+          velocities :math:`(|\mathcal{V}|, n)` *(optional)*
+        - **output:** node features :math:`(|\mathcal{V}|, F_{out})`,
+          positions :math:`(|\mathcal{V}|, n)` and, when velocities are given,
+          velocities :math:`(|\mathcal{V}|, n)`
+    """
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: Optional[int] = None,
+        edge_dim: int = 0,
+        edge_inference: bool = False,
+        coords_norm: Optional[float] = None,
+        coords_range: Optional[float] = None,
+        aggr: str = 'add',
+        act: Callable = torch.nn.SiLU(),
+        velocity: bool = False,
+    ):
+        if aggr not in ('add', 'mean'):
+            raise ValueError(f"'aggr' must be 'add' or 'mean' (got '{aggr}')")
+        if coords_norm is not None and not coords_norm > 0:
+            raise ValueError(f"'coords_norm' must be positive so that "
+                             f"coincident points stay finite (got "
+                             f"{coords_norm})")
+        if coords_range is not None and not coords_range > 0:
+            raise ValueError(f"'coords_range' must be positive (got "
+                             f"{coords_range})")
+        super().__init__(aggr=aggr, node_dim=0)
+        out_channels = in_channels if out_channels is None else out_channels
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.out_channels = out_channels
+        self.edge_dim = edge_dim
+        self.edge_inference = edge_inference
+        self.coords_norm = coords_norm
+        self.coords_range = coords_range
+        self.velocity = velocity
+        self.act = act
+
+        # phi_e: its first layer acts on [h_i, h_j, ||x_i - x_j||^2, a_ij].
+        self.edge_lin1 = Linear(2 * in_channels + 1 + edge_dim,
+                                hidden_channels)
+        self.edge_lin2 = Linear(hidden_channels, hidden_channels)
+        self.inf_lin = Linear(hidden_channels, 1) if edge_inference else None
+        self.coord_lin1 = Linear(hidden_channels, hidden_channels)
+        self.coord_lin2 = Linear(hidden_channels, 1, bias=False)
+        self.node_mlp = Sequential(
+            Linear(in_channels + hidden_channels, hidden_channels), act,
+            Linear(hidden_channels, out_channels))
+        self.vel_mlp = Sequential(Linear(in_channels, hidden_channels), act,
+                                  Linear(hidden_channels, 1)) \
+            if velocity else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters of the module. The last layer of
+        :math:`\phi_x` starts small (Xavier gain :math:`10^{-3}`), so that a
+        fresh layer moves coordinates little, which keeps deep stacks and ODE
+        vector fields well behaved at initialisation."""
+        super().reset_parameters()
+        for module in (self.edge_lin1, self.edge_lin2, self.inf_lin,
+                       self.coord_lin1, self.node_mlp, self.vel_mlp):
+            reset(module)
+        torch.nn.init.xavier_uniform_(self.coord_lin2.weight, gain=1e-3)
+
+    def forward(
+        self,
+        h: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        edge_attr: Optional[Tensor] = None,
+        vel: Optional[Tensor] = None,
+    ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, Tensor]]:
+        r"""Runs the layer.
+
+        Args:
+            h (torch.Tensor): Node features of shape :obj:`[N, in_channels]`.
+            pos (torch.Tensor): Node positions of shape :obj:`[N, n]`.
+            edge_index (torch.Tensor): Edge indices of shape :obj:`[2, E]`
+                (:obj:`edge_index[0]` = source :math:`j`,
+                :obj:`edge_index[1]` = target :math:`i`).
+            edge_attr (torch.Tensor, optional): Edge attributes of shape
+                :obj:`[E, edge_dim]`. (default: :obj:`None`)
+            vel (torch.Tensor, optional): Node velocities of shape
+                :obj:`[N, n]`; requires :obj:`velocity=True`. (default:
+                :obj:`None`)
+
+        Returns:
+            :obj:`(h_out, pos_out)`, or :obj:`(h_out, pos_out, vel_out)` when
+            :obj:`vel` is given.
+        """
+        self._check_inputs(h, pos, edge_index, edge_attr, vel)
+        # First layer of phi_e, split over its inputs: W [h_i, h_j, d, a] + b.
+        weight = self.edge_lin1.weight
+        c = self.in_channels
+        proj_target = h @ weight[:, :c].t() + self.edge_lin1.bias
+        proj_source = h @ weight[:, c:2 * c].t()
+        w_dist = weight[:, 2 * c]
+        w_attr = weight[:, 2 * c + 1:] if self.edge_dim > 0 else None
+
+        out = self.propagate(edge_index, proj=(proj_source, proj_target),
+                             pos=pos, edge_attr=edge_attr, w_dist=w_dist,
+                             w_attr=w_attr)
+        agg_msg, agg_shift = out[:, :self.hidden_channels], \
+            out[:, self.hidden_channels:]
+
+        h_out = self.node_mlp(torch.cat([h, agg_msg], dim=-1))
+        if self.out_channels == self.in_channels:
+            h_out = h + h_out
+
+        if vel is None:
+            return h_out, pos + agg_shift
+        vel_out = self.vel_mlp(h) * vel + agg_shift
+        return h_out, pos + vel_out, vel_out
+
+    def message(self, proj_i: Tensor, proj_j: Tensor, pos_i: Tensor,
+                pos_j: Tensor, edge_attr: Optional[Tensor], w_dist: Tensor,
+                w_attr: Optional[Tensor]) -> Tensor:
+        diff = pos_i - pos_j
+        dist2 = diff.pow(2).sum(dim=-1, keepdim=True)
+        pre = proj_i + proj_j + dist2 * w_dist
+        if w_attr is not None:
+            pre = pre + edge_attr @ w_attr.t()
+        msg = self.act(self.edge_lin2(self.act(pre)))
+        if self.inf_lin is not None:
+            msg = msg * torch.sigmoid(self.inf_lin(msg))
+
+        scale = self.coord_lin2(self.act(self.coord_lin1(msg)))
+        if self.coords_range is not None:
+            scale = self.coords_range * torch.tanh(scale)
+        if self.coords_norm is not None:
+            diff = diff / (safe_norm(dist2) + self.coords_norm)
+        return torch.cat([msg, diff * scale], dim=-1)
+
+    def _check_inputs(self, h: Tensor, pos: Tensor, edge_index: Tensor,
+                      edge_attr: Optional[Tensor],
+                      vel: Optional[Tensor]) -> None:
+        if h.dim() != 2 or h.size(-1) != self.in_channels:
+            raise ValueError(f"'h' must have shape [num_nodes, "
+                             f"{self.in_channels}] (got {list(h.shape)})")
+        if pos.dim() != 2 or pos.size(0) != h.size(0):
+            raise ValueError(f"'pos' must have shape [{h.size(0)}, n_dims] "
+                             f"to match 'h' (got {list(pos.shape)})")
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"'edge_index' must have shape [2, num_edges] "
+                             f"(got {list(edge_index.shape)})")
+        if self.edge_dim > 0:
+            if edge_attr is None or edge_attr.dim() != 2 or \
+                    edge_attr.size(0) != edge_index.size(1) or \
+                    edge_attr.size(1) != self.edge_dim:
+                shape = None if edge_attr is None else list(edge_attr.shape)
+                raise ValueError(f"'edge_attr' must have shape "
+                                 f"[{edge_index.size(1)}, {self.edge_dim}] "
+                                 f"(got {shape})")
+        elif edge_attr is not None:
+            raise ValueError("'edge_attr' was given to a layer built with "
+                             "edge_dim=0")
+        if vel is not None:
+            if not self.velocity:
+                raise ValueError("'vel' was given to a layer built with "
+                                 "velocity=False")
+            if vel.shape != pos.shape:
+                raise ValueError(f"'vel' must have the shape of 'pos' "
+                                 f"{list(pos.shape)} (got {list(vel.shape)})")
+        check_finite(pos, 'pos')
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.in_channels}, '
+                f'{self.out_channels}, hidden_channels='
+                f'{self.hidden_channels}, edge_dim={self.edge_dim}, '
+                f'edge_inference={self.edge_inference}, aggr={self.aggr})')

@@ -1,0 +1,104 @@
+r"""Small helpers shared by the layers, the flows and the data sets: graph
+sizes, centring of point clouds and input validation."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def num_graphs_of(batch: Tensor, num_graphs: Optional[int] = None) -> int:
+    r"""Returns the number of graphs described by the assignment vector
+    :obj:`batch` (one more than its largest entry)."""
+    if num_graphs is not None:
+        return num_graphs
+    return int(batch.max()) + 1 if batch.numel() > 0 else 0
+
+
+def graph_sizes(batch: Tensor, num_graphs: Optional[int] = None) -> Tensor:
+    r"""Returns the number of nodes :math:`M_g` of every graph, shape
+    :obj:`[num_graphs]`."""
+    return torch.bincount(batch, minlength=num_graphs_of(batch, num_graphs))
+
+
+def default_batch(num_nodes: int, device: torch.device) -> Tensor:
+    r"""The assignment vector of a single graph with :obj:`num_nodes`
+    nodes."""
+    return torch.zeros(num_nodes, dtype=torch.long, device=device)
+
+
+def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    r"""Sums the rows of :obj:`src` into :obj:`dim_size` buckets given by
+    :obj:`index` (native :meth:`torch.Tensor.index_add`, differentiable to
+    any order)."""
+    out = src.new_zeros((dim_size, ) + src.shape[1:])
+    return out.index_add(0, index, src)
+
+
+def scatter_mean(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    r"""Averages the rows of :obj:`src` per bucket of :obj:`index`; empty
+    buckets give zero."""
+    total = scatter_sum(src, index, dim_size)
+    count = torch.bincount(index, minlength=dim_size).clamp_(min=1)
+    return total / count.view((-1, ) + (1, ) * (src.dim() - 1)).to(src.dtype)
+
+
+def center_pos(pos: Tensor, batch: Optional[Tensor] = None,
+               num_graphs: Optional[int] = None) -> Tensor:
+    r"""Removes the centre of mass of every graph,
+
+    .. math::
+        \mathbf{x}_i \leftarrow \mathbf{x}_i - \frac{1}{M_g}
+        \sum_{j \in g} \mathbf{x}_j,
+
+    which is the orthogonal projection onto the zero-centre-of-mass
+    subspace of dimension :math:`(M_g - 1) n`.
+
+    Args:
+        pos (torch.Tensor): Node positions of shape :obj:`[N, n]`.
+        batch (torch.Tensor, optional): Graph assignment of shape :obj:`[N]`.
+        num_graphs (int, optional): The number of graphs in the batch.
+    """
+    if batch is None:
+        return pos - pos.mean(dim=0, keepdim=True)
+    size = num_graphs_of(batch, num_graphs)
+    return pos - scatter_mean(pos, batch, size).index_select(0, batch)
+
+
+def check_batch_vector(batch: Tensor, num_nodes: int, name: str = 'batch'
+                       ) -> None:
+    r"""Raises :class:`ValueError` unless :obj:`batch` is a sorted, 1-D
+    assignment vector of length :obj:`num_nodes` without empty graphs."""
+    if batch.dim() != 1 or batch.numel() != num_nodes:
+        raise ValueError(f"'{name}' must have shape [{num_nodes}] to match "
+                         f"the number of nodes (got {list(batch.shape)})")
+    if batch.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"'{name}' must hold integer graph indices "
+                         f"(got dtype {batch.dtype})")
+    if num_nodes == 0:
+        return
+    if int(batch[0]) != 0 or bool((batch.diff() < 0).any()):
+        raise ValueError(f"'{name}' must be sorted and start at 0, as PyG "
+                         f"batches are")
+    if bool((batch.diff() > 1).any()):
+        raise ValueError(f"'{name}' skips a graph index: every graph needs at "
+                         f"least one node")
+
+
+def check_finite(tensor: Tensor, name: str) -> None:
+    r"""Raises :class:`ValueError` if :obj:`tensor` holds NaN or inf."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).any(dim=-1).sum()) \
+            if tensor.dim() > 1 else int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"'{name}' holds non-finite values (NaN or inf) in "
+                         f"{bad} row(s)")
+
+
+def check_node_matrix(tensor: Tensor, num_nodes: int, width: int,
+                      name: str) -> None:
+    r"""Raises :class:`ValueError` unless :obj:`tensor` has shape
+    :obj:`[num_nodes, width]` and is finite."""
+    if tensor.dim() != 2 or tensor.size(0) != num_nodes or \
+            tensor.size(1) != width:
+        raise ValueError(f"'{name}' must have shape [{num_nodes}, {width}] "
+                         f"(got {list(tensor.shape)})")
+    check_finite(tensor, name)
