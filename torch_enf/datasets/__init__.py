@@ -1,1 +1,4 @@
-__all__ = []
+from .qm9 import QM9
+__all__ = [
+    'QM9',
+]

@@ -1,0 +1,206 @@
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torch_enf.datasets import QM9
+from torch_enf.datasets.qm9 import (QM9Molecules, read_npz, read_pyg_raw,
+                                    save_npz, standard_split)
+
+FIXTURE = Path(__file__).resolve().parent / 'data' / 'qm9_fixture.npz'
+SHARED = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data'
+EDM_TEST_SPLIT = SHARED / 'qm9' / 'edm_test_split.npz'
+
+
+@pytest.fixture
+def fixture_molecules() -> QM9Molecules:
+    return read_npz(str(FIXTURE))
+
+
+def test_standard_split_sizes_and_disjointness(fixture_molecules):
+    splits = standard_split(fixture_molecules.uncharacterised)
+    assert {k: len(v) for k, v in splits.items()} == QM9.split_sizes
+    union = np.concatenate(list(splits.values()))
+    assert len(np.unique(union)) == 130831
+    assert not np.isin(union, fixture_molecules.uncharacterised).any()
+
+
+def test_fixture_test_split_is_reference_subset(tmp_path):
+    dataset = QM9(str(tmp_path), split='test', source=str(FIXTURE), log=False)
+    assert len(dataset) == 300
+    if not EDM_TEST_SPLIT.exists():
+        pytest.skip('reference split not available')
+    reference = _load_reference()
+    rows = np.searchsorted(reference['index'], dataset.idx.numpy())
+    assert np.array_equal(reference['index'][rows], dataset.idx.numpy())
+    _assert_matches_reference(dataset, reference, rows)
+
+
+def _load_reference() -> dict:
+    with np.load(EDM_TEST_SPLIT) as f:
+        return {key: f[key] for key in ('index', 'num_atoms', 'charges',
+                                        'positions')}
+
+
+def _assert_matches_reference(dataset, reference, rows):
+    for data, row in zip(dataset, rows):
+        count = reference['num_atoms'][row]
+        assert data.num_nodes == count
+        assert torch.equal(data.z, torch.from_numpy(
+            reference['charges'][row, :count]))
+        expected = torch.from_numpy(reference['positions'][row, :count])
+        expected = expected - expected.mean(dim=0)
+        torch.testing.assert_close(data.pos, expected, atol=1e-4, rtol=0)
+
+
+def test_data_layout(tmp_path):
+    dataset = QM9(str(tmp_path), split='train', source=str(FIXTURE),
+                  log=False)
+    assert len(dataset) == 20
+    data = dataset[0]
+    assert data.pos.dtype == torch.float32 and data.h.dtype == torch.float32
+    assert data.z.dtype == torch.long and data.idx.shape == (1, )
+    torch.testing.assert_close(data.pos.mean(dim=0), torch.zeros(3),
+                               atol=1e-5, rtol=0)
+    one_hot, charge = data.h[:, :5], data.h[:, 5]
+    assert torch.equal(one_hot.sum(dim=1), torch.ones(data.num_nodes))
+    types = torch.tensor(QM9.atomic_numbers)
+    assert torch.equal(types[one_hot.argmax(dim=1)], data.z)
+    assert torch.equal(charge, data.z.float())
+
+
+def test_positional_keeps_19_atom_molecules_only(tmp_path):
+    dataset = QM9(str(tmp_path), split='train', positional=True,
+                  source=str(FIXTURE), log=False)
+    assert len(dataset) == 10
+    assert all(data.num_nodes == 19 for data in dataset)
+    assert 'h' not in dataset[0] and 'z' not in dataset[0]
+
+
+def test_processing_is_cached(tmp_path):
+    QM9(str(tmp_path), split='valid', source=str(FIXTURE), log=False)
+    files = list((tmp_path / 'processed').rglob('valid.pt'))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    assert len(QM9(str(tmp_path), split='valid', source=str(FIXTURE),
+                   log=False)) == 10
+    assert files[0].stat().st_mtime_ns == stamp
+
+
+def test_pre_filter_count_is_logged(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger='torch_enf.datasets.qm9'):
+        dataset = QM9(str(tmp_path), split='test', source=str(FIXTURE),
+                      pre_filter=lambda data: data.num_nodes > 15, log=False)
+    removed = 300 - len(dataset)
+    assert removed > 0
+    assert f'removed {removed} of 300' in caplog.text
+
+
+def _write_bad_npz(path, molecules, **changes):
+    fields = dict(index=molecules.index, num_atoms=molecules.num_atoms,
+                  atomic_numbers=molecules.atomic_numbers,
+                  positions=molecules.positions,
+                  uncharacterised=molecules.uncharacterised)
+    fields.update(changes)
+    save_npz(str(path), QM9Molecules(**fields))
+
+
+def test_bad_input_names_the_molecule(tmp_path, fixture_molecules):
+    m = fixture_molecules
+    bad_element = m.atomic_numbers.copy()
+    bad_element[m.num_atoms[0]] = 16  # an atom of the second molecule
+    _write_bad_npz(tmp_path / 'element.npz', m, atomic_numbers=bad_element)
+    with pytest.raises(ValueError, match=f'molecule {m.index[1]} .*16'):
+        QM9(str(tmp_path), split='test', source=str(tmp_path / 'element.npz'),
+            log=False)
+
+    bad_position = m.positions.copy()
+    bad_position[0, 1] = np.nan
+    _write_bad_npz(tmp_path / 'nan.npz', m, positions=bad_position)
+    with pytest.raises(ValueError, match=f'molecule {m.index[0]} .*finite'):
+        QM9(str(tmp_path), split='test', source=str(tmp_path / 'nan.npz'),
+            log=False)
+
+
+def test_npz_width_and_padding_errors(tmp_path, fixture_molecules):
+    with np.load(FIXTURE) as f:
+        arrays = dict(f)
+    arrays['positions'] = arrays['positions'][:, :28]
+    np.savez(tmp_path / 'widths.npz', **arrays)
+    with pytest.raises(ValueError, match='mismatched widths'):
+        read_npz(str(tmp_path / 'widths.npz'))
+
+    with np.load(FIXTURE) as f:
+        arrays = dict(f)
+    arrays['num_atoms'][3] -= 1
+    np.savez(tmp_path / 'padding.npz', **arrays)
+    with pytest.raises(ValueError, match=f"{arrays['index'][3]}: the non"):
+        read_npz(str(tmp_path / 'padding.npz'))
+
+    del arrays['uncharacterized']
+    np.savez(tmp_path / 'subset.npz', **arrays)
+    with pytest.raises(ValueError, match='cannot be placed'):
+        read_npz(str(tmp_path / 'subset.npz'))
+
+
+def _write_sdf(path, records):
+    symbols = dict(zip(QM9.atomic_numbers, QM9.atom_types))
+    with open(path, 'w') as f:
+        for index, atomic_numbers, positions in records:
+            f.write(f'gdb_{index}\n     RDKit          3D\n\n'
+                    f'{len(atomic_numbers):3d}  0  0  0  0  0  0  0  0  0'
+                    f'999 V2000\n')
+            for z, (x, y, w) in zip(atomic_numbers, positions):
+                f.write(f'{x:10.4f}{y:10.4f}{w:10.4f} {symbols[z]:<3} 0  0'
+                        f'  0  0  0  0  0  0  0  0  0  0\n')
+            f.write('M  END\n$$$$\n')
+
+
+def test_pyg_raw_files_give_the_same_molecules(tmp_path, fixture_molecules):
+    m = fixture_molecules
+    sections = np.cumsum(m.num_atoms)[:-1]
+    records = list(zip(m.index, np.split(m.atomic_numbers, sections),
+                       np.split(m.positions, sections)))
+    # gdb9.sdf also holds uncharacterised molecules, which must be skipped:
+    records += [(index, *records[0][1:]) for index in m.uncharacterised[:2]]
+    records.sort(key=lambda record: record[0])
+    raw = tmp_path / 'raw'
+    raw.mkdir()
+    _write_sdf(raw / 'gdb9.sdf', records)
+    (raw / 'uncharacterized.txt').write_text(
+        ' Header line\n Index  SMILES\n' +
+        ''.join(f'{i:8d}  C  C  1\n' for i in m.uncharacterised) +
+        ' footer\n')
+    from_sdf = QM9(str(tmp_path), split='test', source='pyg', log=False)
+    from_npz = QM9(str(tmp_path), split='test', source=str(FIXTURE),
+                   log=False)
+    assert torch.equal(from_sdf.idx, from_npz.idx)
+    assert torch.equal(from_sdf.z, from_npz.z)
+    torch.testing.assert_close(from_sdf.pos, from_npz.pos, atol=1e-4, rtol=0)
+
+
+def test_missing_source_fails_fast(tmp_path):
+    with pytest.raises(ValueError, match='Unknown QM9 source'):
+        QM9(str(tmp_path), source=str(tmp_path / 'absent.npz'))
+    with pytest.raises(ValueError, match='Unknown split'):
+        QM9(str(tmp_path), split='validation', source=str(FIXTURE))
+
+
+needs_qm9pack = pytest.mark.skipif(
+    importlib.util.find_spec('qm9pack') is None, reason='qm9pack missing')
+needs_reference = pytest.mark.skipif(not EDM_TEST_SPLIT.exists(),
+                                     reason='../shared/data missing')
+
+
+@needs_qm9pack
+@needs_reference
+def test_full_test_split_matches_reference(tmp_path):
+    # Processes the full test split from qm9pack (about 20 s on 2 cores).
+    dataset = QM9(str(tmp_path), split='test', source='qm9pack', log=False)
+    reference = _load_reference()
+    assert np.array_equal(dataset.idx.numpy(), reference['index'])
+    _assert_matches_reference(dataset, reference,
+                              np.arange(len(reference['index'])))
