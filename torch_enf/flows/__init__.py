@@ -1,1 +1,5 @@
-__all__ = []
+from .node_count import NodeCountDistribution
+
+__all__ = [
+    'NodeCountDistribution',
+]
