@@ -1,0 +1,276 @@
+import math
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from torch_enf.flows import (CenteredGaussian, EGNNDynamics, ENFlow,
+                             ODESolveError)
+from torch_enf.nn import full_edge_index
+from torch_enf.utils import center_pos
+
+from .conftest import mixed_batch, permutation_within_graphs, random_orthogonal
+
+TIGHT = dict(rtol=1e-8, atol=1e-8, eval_rtol=1e-8, eval_atol=1e-8)
+
+
+def make_flow(n_dims, channels=0, **kwargs):
+    options = dict(hidden_channels=16, num_layers=2, adjoint=False, **TIGHT)
+    options.update(kwargs)
+    flow = ENFlow(n_dims, channels, **options).double()
+    # Larger coordinate heads than at initialisation, so the flow is far from
+    # the identity and every check below has something to detect.
+    for conv in flow.dynamics.egnn.convs:
+        torch.nn.init.normal_(conv.coord_lin2.weight, std=0.2)
+    return flow.eval()
+
+
+def as_batch(pos, h, batch, channels):
+    data_list = []
+    for g in range(int(batch.max()) + 1):
+        mask = batch == g
+        data = Data(pos=pos[mask])
+        if channels:
+            data.h = h[mask]
+        data_list.append(data)
+    return Batch.from_data_list(data_list)
+
+
+@pytest.mark.parametrize('n_dims', [2, 3])
+@pytest.mark.parametrize('channels', [0, 3])
+def test_vector_field_is_equivariant(n_dims, channels, generator):
+    flow = make_flow(n_dims, channels)
+    pos, h, batch = mixed_batch([3, 6, 2, 4], n_dims, generator, channels)
+    edge_index = full_edge_index(batch)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    v_pos, v_h = flow.dynamics(t, pos, h, edge_index, batch)
+
+    q = random_orthogonal(n_dims, generator)
+    shift = torch.randn(1, n_dims, generator=generator, dtype=torch.float64)
+    perm = permutation_within_graphs(batch, generator)
+    v_pos_t, v_h_t = flow.dynamics(t, (pos @ q.t() + shift)[perm], h[perm],
+                                   edge_index, batch)
+    torch.testing.assert_close(v_pos_t, (v_pos @ q.t())[perm])
+    torch.testing.assert_close(v_h_t, v_h[perm])
+    assert v_pos.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('n_dims, channels', [(2, 0), (3, 2)])
+def test_round_trip_data_latent_data(n_dims, channels, generator):
+    flow = make_flow(n_dims, channels)
+    pos, h, batch = mixed_batch([4, 2, 5], n_dims, generator, channels)
+    pos = center_pos(pos, batch)
+    latent = flow.encode(as_batch(pos, h, batch, channels))
+    back = flow.decode(latent.pos, latent.h if channels else None, batch,
+                       trace='exact')
+    assert (latent.pos - pos).abs().max() > 1e-2  # the map is not trivial
+    torch.testing.assert_close(back.pos, pos, rtol=0, atol=1e-7)
+    if channels:
+        torch.testing.assert_close(back.h, h, rtol=0, atol=1e-7)
+    torch.testing.assert_close(back.log_det, -latent.log_det, rtol=1e-6,
+                               atol=1e-7)
+
+
+def centred_basis(num_nodes, n_dims):
+    r"""Orthonormal basis of the centred subspace, [M*n, (M-1)*n]."""
+    centring = torch.eye(num_nodes, dtype=torch.float64) - 1.0 / num_nodes
+    q, _ = torch.linalg.qr(centring[:, :num_nodes - 1])
+    return torch.kron(q.contiguous(), torch.eye(n_dims, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('num_nodes, n_dims, channels', [(3, 2, 0),
+                                                          (4, 3, 0),
+                                                          (3, 3, 2)])
+def test_exact_log_prob_matches_brute_force_jacobian(num_nodes, n_dims,
+                                                     channels, generator):
+    flow = make_flow(n_dims, channels)
+    pos, h, batch = mixed_batch([num_nodes], n_dims, generator, channels)
+    pos = center_pos(pos, batch)
+
+    def flow_map(state):
+        x = state[:num_nodes * n_dims].reshape(num_nodes, n_dims)
+        feats = state[num_nodes * n_dims:].reshape(num_nodes, channels)
+        out = flow._solve(x, feats, batch, 1, 0.0, 1.0, None, False)
+        return torch.cat([out.pos.reshape(-1), out.h.reshape(-1)])
+
+    state = torch.cat([pos.reshape(-1), h.reshape(-1)])
+    jac = torch.autograd.functional.jacobian(flow_map, state)
+    basis = torch.block_diag(centred_basis(num_nodes, n_dims),
+                             torch.eye(num_nodes * channels,
+                                       dtype=torch.float64))
+    _, log_det = torch.linalg.slogdet(basis.t() @ jac @ basis)
+    z = flow_map(state)
+    z_pos = z[:num_nodes * n_dims].reshape(num_nodes, n_dims)
+    z_h = z[num_nodes * n_dims:]
+    dim = (num_nodes - 1) * n_dims + num_nodes * channels
+    expected = -0.5 * z.pow(2).sum() - 0.5 * dim * math.log(2 * math.pi) \
+        + log_det
+    assert z_pos.sum(0).abs().max() < 1e-10  # latents stay centred
+    assert z_h.numel() == num_nodes * channels
+
+    log_prob = flow.log_prob(as_batch(pos, h, batch, channels),
+                             trace='exact')
+    assert abs(float(log_det)) > 0.05  # volume actually changes
+    torch.testing.assert_close(log_prob, expected.view(1), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('noise', ['rademacher', 'gaussian'])
+def test_hutchinson_estimate_is_unbiased(noise, generator):
+    flow = make_flow(3, 2, hutchinson_noise=noise, rtol=1e-5, atol=1e-5,
+                     eval_rtol=1e-5, eval_atol=1e-5)
+    pos, h, batch = mixed_batch([4, 3], 3, generator, 2)
+    data = as_batch(pos, h, batch, 2)
+    exact = flow.log_prob(data, trace='exact')
+    num_draws = 64
+    draws = torch.stack([flow.log_prob(data, trace='hutchinson')
+                         for _ in range(num_draws)])
+    mean, std = draws.mean(0), draws.std(0)
+    assert bool((std > 1e-3).all())  # the estimator is random
+    # Within 4 standard errors of the exact value.
+    bound = 4 * std / math.sqrt(num_draws) + 1e-5
+    assert bool(((mean - exact).abs() < bound).all()), (mean, exact, std)
+
+
+@pytest.mark.parametrize('n_dims, channels', [(2, 0), (3, 3)])
+def test_batch_equals_one_by_one(n_dims, channels, generator):
+    flow = make_flow(n_dims, channels, eval_rtol=1e-9, eval_atol=1e-9)
+    pos, h, batch = mixed_batch([2, 5, 3, 4], n_dims, generator, channels)
+    data = as_batch(pos, h, batch, channels)
+    together = flow.log_prob(data)
+    alone = torch.cat([flow.log_prob(g) for g in data.to_data_list()])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+    # Another batch composition gives the same values.
+    reordered = Batch.from_data_list(data.to_data_list()[::-1])
+    torch.testing.assert_close(flow.log_prob(reordered), together.flip(0),
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('n_dims', [2, 3])
+def test_log_prob_is_invariant(n_dims, generator):
+    flow = make_flow(n_dims, 2)
+    pos, h, batch = mixed_batch([3, 5], n_dims, generator, 2)
+    q = random_orthogonal(n_dims, generator)
+    shift = 3 * torch.randn(1, n_dims, generator=generator,
+                            dtype=torch.float64)
+    perm = permutation_within_graphs(batch, generator)
+    before = flow.log_prob(as_batch(pos, h, batch, 2))
+    after = flow.log_prob(as_batch((pos @ q.t() + shift)[perm], h[perm],
+                                   batch, 2))
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+
+def test_sample_returns_centred_batches_of_the_asked_sizes():
+    flow = make_flow(3, 2, eval_rtol=1e-5, eval_atol=1e-5)
+    out = flow.sample([3, 5, 4], generator=torch.Generator().manual_seed(0))
+    assert out.num_graphs == 3
+    assert torch.bincount(out.batch).tolist() == [3, 5, 4]
+    assert out.h.shape == (12, 2)
+    torch.testing.assert_close(center_pos(out.pos, out.batch), out.pos)
+    again = flow.sample(4, num_samples=2)
+    assert again.pos.shape == (8, 3)
+
+
+def test_adjoint_and_direct_gradients_agree(generator):
+    pos, _, batch = mixed_batch([3, 4], 2, generator)
+    data = as_batch(pos, None, batch, 0)
+    grads = []
+    for adjoint in (False, True):
+        torch.manual_seed(3)
+        flow = make_flow(2, adjoint=adjoint, rtol=1e-8, atol=1e-8).train()
+        torch.manual_seed(4)
+        flow.log_prob(data, trace='exact').sum().backward()
+        grads.append(torch.cat([
+            torch.zeros_like(p).view(-1) if p.grad is None else
+            p.grad.view(-1) for p in flow.parameters()
+        ]))
+    assert grads[0].abs().max() > 1e-3
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_regularization_is_positive_and_trains(generator):
+    flow = make_flow(3, 1, rtol=1e-5, atol=1e-5).train()
+    pos, h, batch = mixed_batch([3, 4], 3, generator, 1)
+    log_prob, reg = flow.log_prob(as_batch(pos, h, batch, 1),
+                                  trace='hutchinson',
+                                  return_regularization=True)
+    assert log_prob.shape == reg.shape == (2, )
+    assert bool((reg > 0).all())
+    (reg.sum() - log_prob.sum()).backward()
+    assert all(p.grad is not None for p in flow.dynamics.parameters())
+
+
+def test_radius_graph_flow_matches_full_flow_for_a_large_radius(generator):
+    pos, _, batch = mixed_batch([3, 4], 3, generator)
+    data = as_batch(pos, None, batch, 0)
+    torch.manual_seed(5)
+    full = make_flow(3)
+    torch.manual_seed(5)
+    sparse = make_flow(3, graph=100.0)
+    torch.testing.assert_close(sparse.log_prob(data), full.log_prob(data))
+
+
+@pytest.mark.parametrize('data, message', [
+    (Data(pos=torch.randn(4, 2)), 'pos'),
+    (Data(pos=torch.tensor([[0., 0., float('nan')], [1., 0., 0.]])),
+     'non-finite'),
+    (Data(pos=torch.randn(1, 3)), 'fewer than 2 nodes'),
+    (Batch.from_data_list([Data(pos=torch.randn(3, 3)),
+                           Data(pos=torch.randn(1, 3))]),
+     'fewer than 2 nodes'),
+    (Data(x=torch.randn(3, 3)), "'pos'"),
+])
+def test_log_prob_bad_input(data, message):
+    flow = ENFlow(3, hidden_channels=8, num_layers=1)
+    with pytest.raises(ValueError, match=message):
+        flow.log_prob(data)
+
+
+def test_feature_and_batch_errors():
+    flow = ENFlow(3, 2, hidden_channels=8, num_layers=1)
+    with pytest.raises(ValueError, match="'h'"):
+        flow.log_prob(Data(pos=torch.randn(3, 3)))
+    with pytest.raises(ValueError, match="'h'"):
+        flow.log_prob(Data(pos=torch.randn(3, 3), h=torch.randn(3, 5)))
+    with pytest.raises(ValueError, match='batch'):
+        flow.decode(torch.randn(4, 3), torch.randn(4, 2),
+                    batch=torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match='trace'):
+        flow.log_prob(Data(pos=torch.randn(3, 3), h=torch.randn(3, 2)),
+                      trace='bogus')
+    with pytest.raises(ValueError, match='graph'):
+        ENFlow(3, graph='knn')
+    with pytest.raises(ValueError, match='at least 2 nodes'):
+        flow.sample([3, 1])
+
+
+class _Exploding(torch.nn.Module):
+    def forward(self, t, pos, h, edge_index, batch):
+        return pos * 1e3 * (1 + pos.abs()), h
+
+
+def test_diverging_solve_raises_a_clear_error():
+    flow = ENFlow(3, dynamics=_Exploding(), adjoint=False)
+    flow.register_parameter('dummy', torch.nn.Parameter(torch.zeros(1)))
+    with pytest.raises(ODESolveError):
+        flow.log_prob(Data(pos=torch.randn(4, 3)), trace='hutchinson')
+
+
+def test_centered_gaussian_checks_its_support():
+    prior = CenteredGaussian(3)
+    batch = torch.zeros(4, dtype=torch.long)
+    pos = center_pos(torch.randn(4, 3))
+    expected = -0.5 * pos.pow(2).sum() - 0.5 * 9 * math.log(2 * math.pi)
+    torch.testing.assert_close(prior.log_prob(pos, batch),
+                               expected.view(1))
+    with pytest.raises(ValueError, match='centred'):
+        prior.log_prob(pos + 1.0, batch)
+    sample = prior.sample(torch.tensor([0, 0, 1, 1, 1]))
+    torch.testing.assert_close(center_pos(sample, torch.tensor(
+        [0, 0, 1, 1, 1])), sample)
+
+
+def test_custom_dynamics_are_used():
+    dynamics = EGNNDynamics(2, 0, hidden_channels=8, num_layers=1)
+    flow = ENFlow(2, dynamics=dynamics)
+    assert flow.dynamics is dynamics
+    assert 'ENFlow(n_dims=2' in repr(flow)

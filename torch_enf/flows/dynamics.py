@@ -1,0 +1,96 @@
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from torch_enf.nn import EGNN
+
+
+class EGNNDynamics(torch.nn.Module):
+    r"""The time-conditioned EGNN vector field of the E-NF,
+    from the `"E(n) Equivariant Normalizing Flows"
+    <https://arxiv.org/abs/2105.09016>`_ paper,
+
+    .. math::
+        (\mathbf{h}^{out}, \mathbf{x}^{out}) = \mathrm{EGNN}\left(
+        [\mathbf{h}, t], \mathbf{x}; \mathbf{a}_{ij} =
+        \|\mathbf{x}_i - \mathbf{x}_j\|^2 \right), \qquad
+        \frac{d\mathbf{x}}{dt} = \mathbf{x}^{out} - \mathbf{x}, \qquad
+        \frac{d\mathbf{h}}{dt} = \mathbf{h}^{out}.
+
+    The position velocity is E(n)-equivariant and translation invariant, the
+    feature velocity E(n)-invariant; :class:`~torch_enf.flows.ENFlow` removes
+    the centre of mass of the position velocity per graph.
+
+    Args:
+        n_dims (int): The dimension :math:`n` of the positions.
+        node_channels (int): The width :math:`F` of the node features that
+            flow alongside the positions (:obj:`0` for positions only).
+        hidden_channels (int, optional): Width of the EGNN. (default:
+            :obj:`64`)
+        num_layers (int, optional): Number of EGNN layers. (default:
+            :obj:`6`)
+        edge_inference (bool, optional): Soft edge inference ("attention").
+            (default: :obj:`True`)
+        coords_norm (float, optional): The constant :math:`C` of the
+            normalised coordinate differences. (default: :obj:`1.0`)
+        coords_range (float, optional): Total tanh bound of the coordinate
+            updates. (default: :obj:`15.0`)
+        aggr (str, optional): :obj:`"add"` or :obj:`"mean"`. (default:
+            :obj:`"add"`)
+        condition_time (bool, optional): Feed :math:`t` as a node feature.
+            (default: :obj:`True`)
+    """
+    def __init__(
+        self,
+        n_dims: int,
+        node_channels: int = 0,
+        hidden_channels: int = 64,
+        num_layers: int = 6,
+        edge_inference: bool = True,
+        coords_norm: Optional[float] = 1.0,
+        coords_range: Optional[float] = 15.0,
+        aggr: str = 'add',
+        condition_time: bool = True,
+    ):
+        super().__init__()
+        self.n_dims = n_dims
+        self.node_channels = node_channels
+        self.condition_time = condition_time
+        in_channels = node_channels + int(condition_time)
+        self.in_channels = max(in_channels, 1)
+        self.egnn = EGNN(self.in_channels, hidden_channels, node_channels,
+                         num_layers, edge_dim=1, edge_inference=edge_inference,
+                         coords_norm=coords_norm, coords_range=coords_range,
+                         aggr=aggr)
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters of the module."""
+        self.egnn.reset_parameters()
+
+    def forward(self, t: Tensor, pos: Tensor, h: Tensor, edge_index: Tensor,
+                batch: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""Evaluates the vector field.
+
+        Args:
+            t (torch.Tensor): The time, a scalar tensor.
+            pos (torch.Tensor): Positions of shape :obj:`[N, n]`.
+            h (torch.Tensor): Node features of shape :obj:`[N, F]`.
+            edge_index (torch.Tensor): Edge indices of shape :obj:`[2, E]`.
+            batch (torch.Tensor): Graph assignment of shape :obj:`[N]`.
+
+        Returns:
+            :obj:`(dpos_dt, dh_dt)` of shapes :obj:`[N, n]` and
+            :obj:`[N, F]`.
+        """
+        inputs = [h]
+        if self.condition_time:
+            inputs.append(t.to(pos.dtype).expand(pos.size(0), 1))
+        if self.in_channels > sum(x.size(-1) for x in inputs):
+            inputs.append(pos.new_ones(pos.size(0), 1))
+        h_in = torch.cat(inputs, dim=-1)
+        source, target = edge_index
+        dist2 = (pos.index_select(0, target) -
+                 pos.index_select(0, source)).pow(2).sum(-1, keepdim=True)
+        h_out, pos_out = self.egnn(h_in, pos, edge_index, dist2)
+        return pos_out - pos, h_out
