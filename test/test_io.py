@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from torch_enf.datasets import QM9
+from torch_enf.io import write_sdf, write_xyz
+
+FIXTURE = Path(__file__).resolve().parent / 'data' / 'qm9_fixture.npz'
+
+
+@pytest.fixture(scope='module')
+def batch(tmp_path_factory):
+    root = tmp_path_factory.mktemp('qm9')
+    dataset = QM9(str(root), split='test', source=str(FIXTURE), log=False)
+    return Batch.from_data_list(list(dataset)[:6])
+
+
+def read_xyz(path):
+    lines = Path(path).read_text().splitlines()
+    frames = []
+    while lines:
+        count = int(lines[0])
+        atoms = [line.split() for line in lines[2:2 + count]]
+        frames.append((lines[1], [a[0] for a in atoms],
+                       torch.tensor([[float(x) for x in a[1:]]
+                                     for a in atoms])))
+        lines = lines[2 + count:]
+    return frames
+
+
+def test_xyz_round_trip(tmp_path, batch):
+    path = tmp_path / 'molecules.xyz'
+    write_xyz(str(path), batch)
+    frames = read_xyz(path)
+    assert len(frames) == batch.num_graphs
+    symbols = {1: 'H', 6: 'C', 7: 'N', 8: 'O', 9: 'F'}
+    for g, (name, elements, pos) in enumerate(frames):
+        data = batch.get_example(g)
+        assert name == f'molecule {int(data.idx)}'
+        assert elements == [symbols[int(z)] for z in data.z]
+        torch.testing.assert_close(pos, data.pos, atol=1e-6, rtol=0)
+    assert [p.name for p in tmp_path.iterdir()] == ['molecules.xyz']
+
+
+def test_xyz_errors_leave_no_file(tmp_path, batch):
+    bad = batch.clone()
+    bad.z = bad.z.clone()
+    bad.z[0] = 99
+    with pytest.raises(ValueError, match='atomic number 99'):
+        write_xyz(str(tmp_path / 'bad.xyz'), bad)
+    with pytest.raises(ValueError, match='2 names for 6'):
+        write_xyz(str(tmp_path / 'bad.xyz'), batch, names=['a', 'b'])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sdf_round_trip(tmp_path, batch):
+    Chem = pytest.importorskip('rdkit.Chem')
+    path = tmp_path / 'molecules.sdf'
+    names = [f'sample {g}' for g in range(batch.num_graphs)]
+    write_sdf(str(path), batch, names=names)
+    molecules = list(Chem.SDMolSupplier(str(path), removeHs=False,
+                                        sanitize=False))
+    assert [m.GetProp('_Name') for m in molecules] == names
+    for g, mol in enumerate(molecules):
+        data = batch.get_example(g)
+        assert [a.GetAtomicNum() for a in mol.GetAtoms()] == data.z.tolist()
+        assert mol.GetNumBonds() > 0
+        pos = torch.tensor(mol.GetConformer().GetPositions(),
+                           dtype=torch.float32)
+        torch.testing.assert_close(pos, data.pos, atol=1e-4, rtol=0)
+
+
+def test_molecule_grid_png(tmp_path, batch):
+    pytest.importorskip('matplotlib')
+    from torch_enf.visualization import plot_molecule_grid
+    path = tmp_path / 'grid.png'
+    plot_molecule_grid(batch, str(path), ncols=3)
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    with pytest.raises(ValueError, match='1 titles for 6'):
+        plot_molecule_grid(batch, str(path), titles=['x'])
+
+
+def test_missing_rdkit_names_the_extra(tmp_path, batch, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, 'rdkit', None)
+    with pytest.raises(ImportError, match=r'torch-enf\[molecules\]'):
+        write_sdf(str(tmp_path / 'molecules.sdf'), batch)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,95 @@
+r"""Pictures of 3D molecules (needs :obj:`matplotlib`, imported lazily)."""
+import math
+from typing import Optional, Sequence
+
+from torch_geometric.data import Batch
+
+from torch_enf.io import atomic_path
+from torch_enf.metrics.bonds import infer_bonds
+
+ELEMENT_STYLE = {  # atomic number: (symbol, colour, marker size)
+    1: ('H', '#d9d9d9', 40),
+    6: ('C', '#404040', 110),
+    7: ('N', '#3050f8', 110),
+    8: ('O', '#ff0d0d', 110),
+    9: ('F', '#90e050', 100),
+}
+UNKNOWN_STYLE = ('?', '#ff1493', 110)
+
+
+def plot_molecule_grid(data, path: str, ncols: int = 4,
+                       titles: Optional[Sequence[str]] = None,
+                       panel_size: float = 3.0, dpi: int = 120) -> None:
+    r"""Draws the molecules of a :class:`~torch_geometric.data.Batch` (or a
+    single :class:`~torch_geometric.data.Data`) as a grid of 3D renders:
+    atoms coloured by element (H light grey, C dark grey, N blue, O red,
+    F green, others pink) and the inferred bonds
+    (:func:`~torch_enf.metrics.bonds.infer_bonds`) as lines, one line per
+    bond order. Molecules without :obj:`z` are drawn as point clouds.
+
+    Args:
+        data (Batch or Data): Molecules with :obj:`pos` in Angstrom.
+        path (str): Output image, format from its extension (e.g.
+            :obj:`.png`); written atomically.
+        ncols (int, optional): Panels per row. (default: :obj:`4`)
+        titles (list of str, optional): One title per molecule.
+        panel_size (float, optional): Panel edge in inches.
+        dpi (int, optional): Resolution.
+    """
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("Plotting needs matplotlib: pip install "
+                          "torch-enf[plot]") from error
+    batch = data if isinstance(data, Batch) else Batch.from_data_list([data])
+    if titles is not None and len(titles) != batch.num_graphs:
+        raise ValueError(f"Got {len(titles)} titles for {batch.num_graphs} "
+                         f"molecules")
+    if ncols < 1:
+        raise ValueError(f"'ncols' must be positive, got {ncols}")
+    z = getattr(batch, 'z', None)
+    bonds = infer_bonds(batch.pos, z, batch.batch) if z is not None else None
+    nrows = math.ceil(batch.num_graphs / ncols)
+    figure = plt.figure(figsize=(panel_size * ncols, panel_size * nrows))
+    for g in range(batch.num_graphs):
+        axes = figure.add_subplot(nrows, ncols, g + 1, projection='3d')
+        _draw_molecule(axes, batch, g, bonds)
+        axes.set_title(titles[g] if titles is not None else
+                       _default_title(batch, g), fontsize=9)
+    figure.tight_layout()
+    suffix = path.rsplit('.', 1)[-1] if '.' in path else 'png'
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=suffix, dpi=dpi)
+    plt.close(figure)
+
+
+def _default_title(batch: Batch, g: int) -> str:
+    idx = getattr(batch, 'idx', None)
+    return f'QM9 {int(idx[g])}' if idx is not None else f'molecule {g}'
+
+
+def _draw_molecule(axes, batch: Batch, g: int, bonds) -> None:
+    start, end = int(batch.ptr[g]), int(batch.ptr[g + 1])
+    pos = batch.pos[start:end].detach().cpu()
+    z = getattr(batch, 'z', None)
+    styles = [ELEMENT_STYLE.get(int(n), UNKNOWN_STYLE)
+              for n in z[start:end]] if z is not None else \
+        [UNKNOWN_STYLE] * (end - start)
+    if bonds is not None:
+        edge_index, orders = bonds
+        inside = (edge_index[0] >= start) & (edge_index[0] < end)
+        for (i, j), order in zip(edge_index[:, inside].t().tolist(),
+                                 orders[inside].tolist()):
+            segment = pos[[i - start, j - start]].numpy()
+            axes.plot(*segment.T, color='#7f7f7f', linewidth=1.2 * order,
+                      zorder=1)
+    axes.scatter(*pos.numpy().T, c=[s[1] for s in styles],
+                 s=[s[2] for s in styles], edgecolors='black',
+                 linewidths=0.4, depthshade=False, zorder=2)
+    radius = float(pos.abs().max()) + 0.5
+    for set_limits in (axes.set_xlim, axes.set_ylim, axes.set_zlim):
+        set_limits(-radius, radius)
+    axes.set_box_aspect((1, 1, 1), zoom=1.4)
+    axes.set_axis_off()
