@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from torch_enf.datasets import QM9
-from torch_enf.datasets.qm9 import (QM9Molecules, read_npz, read_pyg_raw,
+from torch_enf.datasets.qm9 import (QM9Molecules, read_npz, read_qm9pack,
                                     save_npz, standard_split)
 
 FIXTURE = Path(__file__).resolve().parent / 'data' / 'qm9_fixture.npz'
@@ -204,3 +204,47 @@ def test_full_test_split_matches_reference(tmp_path):
     assert np.array_equal(dataset.idx.numpy(), reference['index'])
     _assert_matches_reference(dataset, reference,
                               np.arange(len(reference['index'])))
+
+
+def _write_qm9pack(folder, rows):
+    header = 'XYZ_file,Index,N_atoms,Elements,XYZ_Ang\n'
+    for part in (1, 2, 3):
+        lines = [f'"x.xyz",{i},{n},"{e}","{xyz}"\n'
+                 for i, n, e, xyz in rows[part - 1::3]]
+        (folder / f'qm9_part{part}.csv').write_text(header + ''.join(lines))
+
+
+WATER = (3, "['O','H','H']", '[[0.,0.,0.],[0.96,0.,0.],[-0.24,0.93,0.]]')
+
+
+@pytest.mark.parametrize('row, message', [
+    ((7, 3, "['O','H','S']", WATER[2]), "molecule 7 has unknown element 'S'"),
+    ((7, 3, WATER[1], '[[0.,0.,0.],[0.96,0.]]'), "molecule 7: 'XYZ_Ang' has "
+     "5 entries for 3 atoms"),
+    ((7, 2, WATER[1], WATER[2]), "molecule 7: 'Elements' has 3 entries"),
+    ((7, 3, WATER[1], WATER[2].replace('0.93', '0.9x3')),
+     "molecule 7: malformed coordinate '0.9x3'"),
+])
+def test_qm9pack_parsing_errors_name_the_molecule(tmp_path, row, message):
+    _write_qm9pack(tmp_path, [(3, *WATER), row, (9, *WATER)])
+    with pytest.raises(ValueError, match=message):
+        read_qm9pack(str(tmp_path))
+
+
+def test_qm9pack_parsing(tmp_path):
+    _write_qm9pack(tmp_path, [(3, *WATER), (5, 1, "['C']", '[[1.,2.,3.]]')])
+    molecules = read_qm9pack(str(tmp_path))
+    molecules.validate()
+    assert molecules.index.tolist() == [3, 5]
+    assert molecules.atomic_numbers.tolist() == [8, 1, 1, 6]
+    np.testing.assert_allclose(molecules.positions[[1, 3]],
+                               [[0.96, 0., 0.], [1., 2., 3.]])
+    assert len(molecules.uncharacterised) == 133885 - 2
+
+
+def test_too_many_atoms_is_rejected(tmp_path):
+    big = (11, 30, str(['H'] * 30).replace(' ', ''),
+           str([[float(k), 0., 0.] for k in range(30)]).replace(' ', ''))
+    _write_qm9pack(tmp_path, [(3, *WATER), big])
+    with pytest.raises(ValueError, match='molecule 11 has 30 atoms'):
+        read_qm9pack(str(tmp_path)).validate()

@@ -163,10 +163,12 @@ def read_qm9pack(folder: Optional[str] = None) -> QM9Molecules:
         with open(osp.join(folder, f'qm9_part{part}.csv'), newline='') as f:
             rows = csv.reader(f)
             header = next(rows)
-            columns = [
-                header.index(name)
-                for name in ('Index', 'N_atoms', 'Elements', 'XYZ_Ang')
-            ]
+            wanted = ('Index', 'N_atoms', 'Elements', 'XYZ_Ang')
+            missing = [name for name in wanted if name not in header]
+            if missing:
+                raise ValueError(f"qm9_part{part}.csv lacks the columns "
+                                 f"{missing}")
+            columns = [header.index(name) for name in wanted]
             for line, row in enumerate(rows, start=2):
                 try:
                     fields = [row[column] for column in columns]

@@ -1,7 +1,6 @@
 r"""Atom and molecule stability of 3D molecules (E-NF / EDM convention)."""
 from typing import Dict, Optional, Tuple
 
-import torch
 from torch import Tensor
 
 from torch_enf.metrics.bonds import infer_bonds, valences
