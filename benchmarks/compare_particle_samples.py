@@ -64,7 +64,7 @@ def main():
     runs = [
         ('DW4', DW4, DW4.energy),
         ('LJ13', LJ13, LJ13.energy),
-        ('LJ13 (halved pair sum)', LJ13,
+        ('LJ13 halved pair sum', LJ13,
          LennardJonesEnergy(halve_pair_sum=True)),
     ]
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
@@ -75,7 +75,7 @@ def main():
         valid, test = (load_published(args.data / f, system)
                        for f in PUBLISHED[system])
         floor = js_divergences(valid, test, system.energy)
-        print(f"{name + ' published val':<24}{len(valid):>9}{'':>10}"
+        print(f"{'  published val vs test':<24}{len(valid):>9}{'':>10}"
               f"{floor[0]:>11.5f}{floor[1]:>11.5f}")
         num_samples = system.pool_sizes['train']
         sampler = MALASampler(energy, **system.sampler_defaults)

@@ -87,6 +87,8 @@ class ParticleSystem(InMemoryDataset):
             raise ValueError("'num_samples' and 'sampler_kwargs' configure "
                              "generation and cannot be combined with "
                              "'source'")
+        if source is not None and not osp.isfile(source):
+            raise ValueError(f"Source file '{source}' does not exist")
         self.split = split
         self.source = source
         self.num_samples = num_samples or self.pool_sizes[split]
@@ -142,8 +144,6 @@ class ParticleSystem(InMemoryDataset):
         return pos.float()
 
     def _load_source(self, path: str) -> Tensor:
-        if not osp.exists(path):
-            raise ValueError(f"Source file '{path}' does not exist")
         array = np.load(path)
         name, width = self.__class__.__name__, self.num_particles * self.n_dims
         if array.ndim != 2 or array.shape[0] == 0:
