@@ -6,7 +6,7 @@ from torch.nn import Linear, Module, Sequential, Tanh
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.inits import reset
 
-from torch_enf.utils import check_finite
+from torch_enf.utils import check_finite, scatter_mean, scatter_sum
 
 
 def safe_norm(sq_norm: Tensor) -> Tensor:
@@ -177,18 +177,15 @@ class EGCL(MessagePassing):
         """
         self._check_inputs(h, pos, edge_index, edge_attr, vel)
         # First layer of phi_e, split over its inputs: W [h_i, h_j, d, a] + b.
+        # The node parts are applied per node, before the gather to edges.
         weight = self.edge_lin1.weight
         c = self.in_channels
-        proj_target = h @ weight[:, :c].t() + self.edge_lin1.bias
+        proj_target = torch.addmm(self.edge_lin1.bias, h, weight[:, :c].t())
         proj_source = h @ weight[:, c:2 * c].t()
-        w_dist = weight[:, 2 * c]
-        w_attr = weight[:, 2 * c + 1:] if self.edge_dim > 0 else None
 
-        out = self.propagate(edge_index, proj=(proj_source, proj_target),
-                             pos=pos, edge_attr=edge_attr, w_dist=w_dist,
-                             w_attr=w_attr)
-        agg_msg, agg_shift = out[:, :self.hidden_channels], \
-            out[:, self.hidden_channels:]
+        agg_msg, agg_shift = self.propagate(
+            edge_index, proj=(proj_source, proj_target), pos=pos,
+            edge_attr=edge_attr, weight_edge=weight[:, 2 * c:].t())
 
         h_out = self.node_mlp(torch.cat([h, agg_msg], dim=-1))
         if self.out_channels == self.in_channels:
@@ -200,14 +197,14 @@ class EGCL(MessagePassing):
         return h_out, pos + vel_out, vel_out
 
     def message(self, proj_i: Tensor, proj_j: Tensor, pos_i: Tensor,
-                pos_j: Tensor, edge_attr: Optional[Tensor], w_dist: Tensor,
-                w_attr: Optional[Tensor]) -> Tensor:
+                pos_j: Tensor, edge_attr: Optional[Tensor],
+                weight_edge: Tensor) -> Tuple[Tensor, Tensor]:
         diff = pos_i - pos_j
         dist2 = diff.pow(2).sum(dim=-1, keepdim=True)
-        pre = proj_i + proj_j + dist2 * w_dist
-        if w_attr is not None:
-            pre = pre + edge_attr @ w_attr.t()
-        msg = self.act(self.edge_lin2(self.act(pre)))
+        edge_in = dist2 if edge_attr is None else torch.cat(
+            [dist2, edge_attr], dim=-1)
+        msg = self.act(torch.addmm(proj_i + proj_j, edge_in, weight_edge))
+        msg = self.act(self.edge_lin2(msg))
         if self.inf_lin is not None:
             msg = msg * torch.sigmoid(self.inf_lin(msg))
 
@@ -215,8 +212,15 @@ class EGCL(MessagePassing):
         if self.coords_range is not None:
             scale = self.coords_range * torch.tanh(scale)
         if self.coords_norm is not None:
-            diff = diff / (safe_norm(dist2) + self.coords_norm)
-        return torch.cat([msg, diff * scale], dim=-1)
+            scale = scale / (safe_norm(dist2) + self.coords_norm)
+        return msg, diff * scale
+
+    def aggregate(self, inputs: Tuple[Tensor, Tensor], index: Tensor,
+                  dim_size: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        # Native index_add (whose backward is a cheap index_select) for the
+        # messages and the coordinate shifts alike.
+        reduce = scatter_mean if self.aggr == 'mean' else scatter_sum
+        return tuple(reduce(x, index, dim_size) for x in inputs)
 
     def _check_inputs(self, h: Tensor, pos: Tensor, edge_index: Tensor,
                       edge_attr: Optional[Tensor],
