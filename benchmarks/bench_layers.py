@@ -1,0 +1,176 @@
+r"""Throughput of the EGNN dynamics and of the E-NF on CPU-sized workloads.
+
+Reports, for forward + backward of the EGNN vector field:
+
+* QM9-like batches: 128 molecules with 3..29 atoms (mean about 18), fully
+  connected, 6 layers, 64 hidden channels, node features of width 6;
+* DW4 (4 particles in 2D) and LJ13 (13 particles in 3D) batches of 100,
+  3 layers, 32 hidden channels;
+
+then one E-NF training step on DW4 and LJ13 (batch 100, 3 layers, 32 hidden,
+dopri5 with rtol = atol = 1e-4, Hutchinson trace, adjoint back-propagation),
+split into the forward solve and the adjoint backward pass with their numbers
+of function evaluations, and the seconds per exact-trace ``log_prob`` of a
+batch. Run it on an otherwise idle machine::
+
+    python benchmarks/bench_layers.py --threads 2
+"""
+import argparse
+import json
+import platform
+import time
+from typing import Callable, Dict, List
+
+import torch
+from torch_geometric.data import Batch, Data
+
+from torch_enf.flows import EGNNDynamics, ENFlow
+from torch_enf.nn import full_edge_index
+
+
+def qm9_like_sizes(num_graphs: int, generator: torch.Generator) -> List[int]:
+    r"""Molecule sizes between 3 and 29 atoms with mean about 18, as in
+    QM9."""
+    sizes = torch.normal(18.0, 3.0, (num_graphs, ), generator=generator)
+    return sizes.round().clamp(3, 29).long().tolist()
+
+
+def random_batch(sizes: List[int], n_dims: int, channels: int,
+                 generator: torch.Generator) -> Batch:
+    data_list = []
+    for size in sizes:
+        pos = 1.5 * torch.randn(size, n_dims, generator=generator)
+        data = Data(pos=pos - pos.mean(0))
+        if channels:
+            data.h = torch.randn(size, channels, generator=generator)
+        data_list.append(data)
+    return Batch.from_data_list(data_list)
+
+
+def median_seconds(fn: Callable[[], None], repeats: int,
+                   warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def dynamics_throughput(batch: Batch, n_dims: int, channels: int,
+                        hidden: int, layers: int, repeats: int) -> Dict:
+    dynamics = EGNNDynamics(n_dims, channels, hidden, layers)
+    edge_index = full_edge_index(batch.batch)
+    t = torch.tensor(0.5)
+    h = batch.h if channels else batch.pos.new_zeros(batch.num_nodes, 0)
+
+    def step():
+        pos = batch.pos.clone().requires_grad_()
+        v_pos, v_h = dynamics(t, pos, h, edge_index, batch.batch)
+        (v_pos.pow(2).sum() + v_h.pow(2).sum()).backward()
+
+    seconds = median_seconds(step, repeats)
+    return dict(graphs=batch.num_graphs, nodes=batch.num_nodes,
+                edges=edge_index.size(1), seconds=seconds,
+                graphs_per_second=batch.num_graphs / seconds)
+
+
+def training_step(flow: ENFlow, batch: Batch, repeats: int) -> Dict:
+    flow.train()
+    optimizer = torch.optim.AdamW(flow.parameters(), lr=5e-4)
+    records = []
+
+    def step():
+        start = time.perf_counter()
+        loss = -flow.log_prob(batch, trace='hutchinson').mean()
+        forward_evals = flow.num_evals
+        middle = time.perf_counter()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        end = time.perf_counter()
+        records.append((middle - start, end - middle, forward_evals,
+                        flow.num_evals - forward_evals))
+
+    median_seconds(step, repeats, warmup=1)
+    records = records[1:]
+    fwd = sorted(r[0] for r in records)[len(records) // 2]
+    bwd = sorted(r[1] for r in records)[len(records) // 2]
+    fwd_evals = sum(r[2] for r in records) / len(records)
+    bwd_evals = sum(r[3] for r in records) / len(records)
+    return dict(seconds=fwd + bwd, forward_seconds=fwd,
+                backward_seconds=bwd, forward_evals=fwd_evals,
+                backward_evals=bwd_evals,
+                ms_per_forward_eval=1e3 * fwd / fwd_evals,
+                ms_per_backward_eval=1e3 * bwd / bwd_evals)
+
+
+def exact_log_prob_seconds(flow: ENFlow, batch: Batch, repeats: int) -> Dict:
+    flow.eval()
+    with torch.no_grad():
+        seconds = median_seconds(lambda: flow.log_prob(batch, trace='exact'),
+                                 repeats, warmup=1)
+    return dict(seconds=seconds, evals=flow.num_evals)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--only', choices=['layers', 'steps', 'exact'],
+                        nargs='*', default=['layers', 'steps', 'exact'])
+    parser.add_argument('--json', default=None,
+                        help='write the results to this file as well')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+
+    qm9 = random_batch(qm9_like_sizes(128, gen), 3, 6, gen)
+    dw4 = random_batch([4] * 100, 2, 0, gen)
+    lj13 = random_batch([13] * 100, 3, 0, gen)
+    results = dict(machine=platform.processor() or platform.machine(),
+                   threads=args.threads, torch=torch.__version__)
+
+    if 'layers' in args.only:
+        results['egnn_qm9'] = dynamics_throughput(qm9, 3, 6, 64, 6,
+                                                  args.repeats)
+        results['egnn_dw4'] = dynamics_throughput(dw4, 2, 0, 32, 3,
+                                                  args.repeats)
+        results['egnn_lj13'] = dynamics_throughput(lj13, 3, 0, 32, 3,
+                                                   args.repeats)
+        for key in ('egnn_qm9', 'egnn_dw4', 'egnn_lj13'):
+            r = results[key]
+            print(f"{key:10s} fwd+bwd {r['seconds'] * 1e3:8.2f} ms  "
+                  f"{r['graphs_per_second']:9.1f} graphs/s  "
+                  f"({r['nodes']} nodes, {r['edges']} edges)")
+
+    flows = {
+        'dw4': (ENFlow(2, hidden_channels=32, num_layers=3), dw4),
+        'lj13': (ENFlow(3, hidden_channels=32, num_layers=3), lj13),
+    }
+    if 'steps' in args.only:
+        for name, (flow, batch) in flows.items():
+            r = training_step(flow, batch, max(3, args.repeats // 2))
+            results[f'train_step_{name}'] = r
+            print(f"train step {name:5s} {r['seconds']:.3f} s  (forward "
+                  f"{r['forward_seconds']:.3f} s / {r['forward_evals']:.0f} "
+                  f"evals = {r['ms_per_forward_eval']:.1f} ms, backward "
+                  f"{r['backward_seconds']:.3f} s / "
+                  f"{r['backward_evals']:.0f} evals = "
+                  f"{r['ms_per_backward_eval']:.1f} ms)")
+    if 'exact' in args.only:
+        for name, (flow, batch) in flows.items():
+            r = exact_log_prob_seconds(flow, batch, 3)
+            results[f'exact_log_prob_{name}'] = r
+            print(f"exact log_prob {name:5s} {r['seconds']:.3f} s per batch "
+                  f"of {batch.num_graphs} ({r['evals']} evals)")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

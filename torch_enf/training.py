@@ -1,0 +1,98 @@
+r"""Building blocks of the training scripts in :obj:`examples/`: atomic
+checkpoints, negative log-likelihood evaluation with a progress bar, and
+learning-curve plots."""
+import json
+import os
+import tempfile
+from typing import Any, Dict, Iterable, List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from torch_enf.flows import ENFlow
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    r"""Saves :obj:`obj` with :func:`torch.save` (or as JSON for paths
+    ending in :obj:`.json`) so that :obj:`path` always holds either the
+    previous or the new complete file, even if the process is killed while
+    writing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            if path.endswith('.json'):
+                f.write(json.dumps(obj, indent=2).encode())
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+@torch.no_grad()
+def evaluate_nll(flow: ENFlow, loader: Iterable, trace: str = 'exact',
+                 desc: str = 'eval', progress: bool = True) -> float:
+    r"""The mean negative log-likelihood per graph (nats) of the graphs in
+    :obj:`loader`, with the flow in evaluation mode (its evaluation
+    tolerances)."""
+    was_training = flow.training
+    flow.eval()
+    device = next(flow.parameters()).device
+    total, count = 0.0, 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        batch = batch.to(device)
+        total += float(-flow.log_prob(batch, trace=trace).sum())
+        count += batch.num_graphs
+    flow.train(was_training)
+    return total / count
+
+
+def plot_learning_curves(history: List[Dict[str, float]], path: str,
+                         title: str = '') -> None:
+    r"""Plots the training and validation NLL recorded in :obj:`history`
+    (a list of per-epoch dicts with keys :obj:`epoch`, :obj:`train_nll` and,
+    where evaluated, :obj:`valid_nll`)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([h['epoch'] for h in history], [h['train_nll'] for h in history],
+            label='train (Hutchinson)')
+    valid = [h for h in history if h.get('valid_nll') is not None]
+    if valid:
+        ax.plot([h['epoch'] for h in valid], [h['valid_nll'] for h in valid],
+                'o-', label='validation')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('NLL (nats per graph)')
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def clip_gradients(parameters: Iterable[torch.Tensor],
+                   history: List[float], max_history: int = 50,
+                   factor: float = 1.5, floor: float = 1.0
+                   ) -> Optional[float]:
+    r"""Adaptive gradient clipping: clips the global gradient norm at
+    :math:`1.5\,\mu + 2\,\sigma` of the recent norms in :obj:`history` (at
+    least :obj:`floor`), then records the new norm. Returns the norm before
+    clipping."""
+    parameters = [p for p in parameters if p.grad is not None]
+    if not history:
+        limit = float('inf')
+    else:
+        recent = torch.tensor(history[-max_history:])
+        limit = max(float(factor * recent.mean() + 2 * recent.std(
+            unbiased=False)), floor)
+    norm = float(torch.nn.utils.clip_grad_norm_(parameters, limit))
+    history.append(min(norm, limit))
+    return norm
