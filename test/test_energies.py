@@ -187,6 +187,23 @@ def test_mala_centred_subspace_moments():
     assert abs(float(x.var()) - 2.0 * 0.75) < 0.05
 
 
+def test_mala_restricts_non_invariant_energy_to_centred_subspace():
+    # x_i ~ N(mu_i, I) conditioned on sum_i x_i = 0 has mean
+    # mu_i - mean(mu) and per-coordinate variance 1 - 1/M.
+    mu = torch.tensor([[3.0, 0.0], [0.0, 1.0], [-1.0, 2.0]],
+                      dtype=torch.double)
+    energy = GaussianEnergy(mean=mu.tolist(), var=1.0)
+    num_chains, draws = 1000, 6
+    sampler = MALASampler(energy, num_chains=num_chains, burn_in=200,
+                          thinning=10)
+    x = sampler.sample(num_chains * draws, torch.Generator().manual_seed(4),
+                       progress=False).view(draws, num_chains, 3, 2)
+    expected_mean = mu - mu.mean(dim=0)
+    assert_within_chain_errors(x.mean(dim=0), expected_mean)
+    assert_within_chain_errors(((x - expected_mean)**2).mean(dim=0),
+                               torch.full_like(mu, 2 / 3))
+
+
 def test_single_mala_step_keeps_exact_samples_exact():
     # From exact N(1, 1) samples, one step with a large fixed step size h:
     # unadjusted Langevin would give variance (1 - h)^2 + 2h = 3.25; the

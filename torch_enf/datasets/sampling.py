@@ -40,10 +40,11 @@ class MALASampler:
         - \mathbf{x} + h \beta \nabla E(\mathbf{x}) \|^2}{4h}\right).
 
     Proposals with a non-finite energy or gradient (e.g. coinciding
-    Lennard-Jones particles) are rejected. With :obj:`centre=True` the noise
-    :math:`\boldsymbol{\xi}` is projected onto the centred subspace
-    :math:`\sum_i \mathbf{x}_i = \mathbf{0}`, so chains started centred move
-    only within it, where translation-invariant energies are normalisable.
+    Lennard-Jones particles) are rejected. With :obj:`centre=True` the
+    gradient and the noise :math:`\boldsymbol{\xi}` are projected onto the
+    centred subspace :math:`\sum_i \mathbf{x}_i = \mathbf{0}`, so the
+    chains sample the energy restricted to that subspace (where
+    translation-invariant energies are normalisable).
 
     During burn-in every chain adapts its step size by
     :math:`\log h \leftarrow \log h + \gamma (\min(1, \alpha) -
@@ -119,6 +120,8 @@ class MALASampler:
         self.acceptance_rate: Optional[Tensor] = None
         #: Mean exchange rate per neighbouring temperature pair.
         self.swap_rate: Optional[Tensor] = None
+        #: Step sizes :obj:`[num_temperatures, num_chains]` after burn-in.
+        self.step_sizes: Optional[Tensor] = None
 
     def _randn(self, shape, generator: Optional[torch.Generator],
                device: torch.device) -> Tensor:
@@ -136,7 +139,10 @@ class MALASampler:
     def _energy_and_gradient(self, pos: Tensor) -> Tuple[Tensor, Tensor]:
         # pos: [R, C, M, n] -> energies [R, C] and gradients [R, C, M, n].
         energy, gradient = self.energy.energy_and_gradient(pos.flatten(0, 1))
-        return energy.view(pos.shape[:2]), gradient.view(pos.shape)
+        gradient = gradient.view(pos.shape)
+        if self.centre:
+            gradient = remove_mean(gradient)
+        return energy.view(pos.shape[:2]), gradient
 
     def _mala_step(self, state, log_step, beta, generator, adapt: bool):
         pos, energy, gradient = state
