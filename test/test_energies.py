@@ -188,20 +188,22 @@ def test_mala_centred_subspace_moments():
 
 
 def test_mala_restricts_non_invariant_energy_to_centred_subspace():
-    # x_i ~ N(mu_i, I) conditioned on sum_i x_i = 0 has mean
-    # mu_i - mean(mu) and per-coordinate variance 1 - 1/M.
+    # x_i ~ N(mu_i, v_i I) conditioned on sum_i x_i = 0 has mean
+    # mu_i - v_i sum(mu) / sum(v) and variance v_i - v_i^2 / sum(v).
     mu = torch.tensor([[3.0, 0.0], [0.0, 1.0], [-1.0, 2.0]],
                       dtype=torch.double)
-    energy = GaussianEnergy(mean=mu.tolist(), var=1.0)
+    var = torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.double)
+    energy = GaussianEnergy(mean=mu.tolist(), var=var)
     num_chains, draws = 1000, 6
     sampler = MALASampler(energy, num_chains=num_chains, burn_in=200,
                           thinning=10)
     x = sampler.sample(num_chains * draws, torch.Generator().manual_seed(4),
                        progress=False).view(draws, num_chains, 3, 2)
-    expected_mean = mu - mu.mean(dim=0)
+    expected_mean = mu - var * mu.sum(dim=0) / var.sum()
+    expected_var = (var - var**2 / var.sum()).expand_as(mu)
     assert_within_chain_errors(x.mean(dim=0), expected_mean)
     assert_within_chain_errors(((x - expected_mean)**2).mean(dim=0),
-                               torch.full_like(mu, 2 / 3))
+                               expected_var)
 
 
 def test_single_mala_step_keeps_exact_samples_exact():
