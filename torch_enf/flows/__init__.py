@@ -4,6 +4,9 @@ from .divergence import exact_divergence, hutchinson_divergence
 from .dynamics import EGNNDynamics
 from .enflow import ENFlow, FlowResult, ODESolveError
 from .node_count import NodeCountDistribution
+from .dequantization import UniformDequantizer, VariationalDequantizer
+from .actnorm import ActNorm
+from .molecule import MoleculeFlow
 
 __all__ = [
     'ENFlow',
@@ -15,4 +18,8 @@ __all__ = [
     'exact_divergence',
     'hutchinson_divergence',
     'NodeCountDistribution',
+    'UniformDequantizer',
+    'VariationalDequantizer',
+    'ActNorm',
+    'MoleculeFlow',
 ]

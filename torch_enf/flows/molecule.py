@@ -1,0 +1,235 @@
+r"""The E-NF molecule model: atom count, atom types, charges and positions."""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+
+from torch_enf.flows.actnorm import ActNorm
+from torch_enf.flows.dequantization import (UniformDequantizer,
+                                            VariationalDequantizer)
+from torch_enf.flows.enflow import ENFlow
+from torch_enf.flows.node_count import NodeCountDistribution
+from torch_enf.utils import check_batch_vector, default_batch, graph_sizes
+
+QM9_ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
+DEQUANTIZERS = ('uniform', 'variational')
+
+
+class MoleculeFlow(torch.nn.Module):
+    r"""The molecule model of the `"E(n) Equivariant Normalizing Flows"
+    <https://arxiv.org/abs/2105.09016>`_ paper: a joint distribution of the
+    number of atoms :math:`M`, the atom types and charges :math:`\mathbf{h}`
+    and the positions :math:`\mathbf{x}` of a molecule,
+
+    .. math::
+        \log p(\mathbf{x}, \mathbf{h}, M) \geq \log p(M) +
+        \mathbb{E}_{\mathbf{v} \sim q(\cdot \mid \mathbf{h}, \mathbf{x})}
+        \left[\log p_{\text{flow}}(\mathbf{x}, \mathbf{v} / \mathbf{a})
+        - M \sum_c \log a_c - \log q(\mathbf{v} \mid \mathbf{h},
+        \mathbf{x})\right],
+
+    with :math:`p(M)` a :class:`NodeCountDistribution`,
+    :math:`q` a dequantiser (:class:`UniformDequantizer` or
+    :class:`VariationalDequantizer`), :math:`\mathbf{a}` a fixed per-channel
+    feature scale and :math:`p_{\text{flow}}` an :class:`ENFlow` with
+    :obj:`node_channels` :math:`= F`. An optional :class:`ActNorm` sits between
+    the scaling and the flow and adds its log-determinant.
+
+    Feature scaling: the dequantised one-hot block lies in :math:`[0, 2)`
+    (uniform) and the charges in :math:`[1, 10)`. Dividing them by
+    :math:`\mathbf{a} = (4, 4, 4, 4, 4, 10)` (the default) brings both to
+    roughly unit range, similar to the positions in Angstrom, so that no
+    channel dominates the EGNN's inputs; the change of variables adds
+    :math:`-M \sum_c \log a_c` per graph.
+
+    Everything is evaluated per graph on PyG batches of mixed-size molecules
+    without padding. The value returned by :meth:`log_prob` is a one-sample
+    estimate of the variational lower bound (exact for the flow part when
+    :obj:`trace="exact"`).
+
+    Args:
+        node_count (NodeCountDistribution): :math:`p(M)`, *e.g.* from the
+            training sizes. Sizes below 2 must have zero probability.
+        flow (ENFlow, optional): The flow on positions and features; its
+            :obj:`node_channels` must equal the feature width. (default: an
+            :class:`ENFlow` of :obj:`flow_kwargs`)
+        dequantizer (str or torch.nn.Module, optional): :obj:`"uniform"`,
+            :obj:`"variational"` or a dequantiser module.
+            (default: :obj:`"variational"`)
+        atomic_numbers (sequence of int, optional): The atomic number of each
+            one-hot class. (default: H, C, N, O, F = :obj:`(1, 6, 7, 8, 9)`)
+        feature_scale (sequence of float, optional): :math:`\mathbf{a}`.
+            (default: four for every one-hot column, ten for the charge)
+        actnorm (bool, optional): Insert a learnable :class:`ActNorm`;
+            call :meth:`initialize` on training data before training.
+            (default: :obj:`False`)
+        **flow_kwargs: Passed to :class:`ENFlow` when :obj:`flow` is
+            :obj:`None`.
+    """
+    feature_scale: Tensor
+    atomic_numbers: Tensor
+
+    def __init__(
+        self,
+        node_count: NodeCountDistribution,
+        flow: Optional[ENFlow] = None,
+        dequantizer: Union[str, torch.nn.Module] = 'variational',
+        atomic_numbers: Sequence[int] = QM9_ATOMIC_NUMBERS,
+        feature_scale: Optional[Sequence[float]] = None,
+        actnorm: bool = False,
+        **flow_kwargs,
+    ):
+        super().__init__()
+        if float(node_count.probs[:2].sum()) > 0:
+            raise ValueError("'node_count' gives molecules of fewer than 2 "
+                             "atoms non-zero probability; the flow on "
+                             "centred positions is undefined for them")
+        num_classes = len(atomic_numbers)
+        if isinstance(dequantizer, str):
+            if dequantizer not in DEQUANTIZERS:
+                raise ValueError(f"Unknown dequantizer {dequantizer!r} "
+                                 f"(expected one of {DEQUANTIZERS} or a "
+                                 f"module)")
+            cls = UniformDequantizer if dequantizer == 'uniform' else \
+                VariationalDequantizer
+            dequantizer = cls(num_classes, 1)
+        if getattr(dequantizer, 'num_classes', None) != num_classes:
+            raise ValueError(f"The dequantizer must have {num_classes} "
+                             f"classes, one per atomic number")
+        channels = dequantizer.channels
+        if feature_scale is None:
+            feature_scale = [4.0] * num_classes + [10.0] * (channels -
+                                                            num_classes)
+        feature_scale = torch.as_tensor(feature_scale, dtype=torch.float)
+        if feature_scale.shape != (channels, ) or \
+                not bool((feature_scale > 0).all()):
+            raise ValueError(f"'feature_scale' must hold {channels} positive "
+                             f"values (got {feature_scale.tolist()})")
+        if flow is None:
+            flow = ENFlow(3, channels, **flow_kwargs)
+        if flow.node_channels != channels:
+            raise ValueError(f"The flow must have node_channels={channels} "
+                             f"(got {flow.node_channels})")
+        self.node_count = node_count
+        self.dequantizer = dequantizer
+        self.flow = flow
+        self.actnorm = ActNorm(flow.n_dims, channels) if actnorm else None
+        self.register_buffer('feature_scale', feature_scale)
+        self.register_buffer('atomic_numbers',
+                             torch.as_tensor(atomic_numbers))
+
+    @property
+    def channels(self) -> int:
+        r"""The feature width :math:`F`."""
+        return self.dequantizer.channels
+
+    def forward(self, data: Batch, trace: Optional[str] = None,
+                return_regularization: bool = False
+                ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""Alias of :meth:`log_prob` (so that
+        :class:`~torch.nn.parallel.DistributedDataParallel` can wrap the
+        model)."""
+        return self.log_prob(data, trace, return_regularization)
+
+    def log_prob(self, data: Batch, trace: Optional[str] = None,
+                 return_regularization: bool = False
+                 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""The variational lower bound of
+        :math:`\log p(\mathbf{x}, \mathbf{h}, M)` of every molecule, in nats.
+
+        Args:
+            data (torch_geometric.data.Batch): Molecules with :obj:`pos`
+                :obj:`[N, 3]` and discrete :obj:`h` :obj:`[N, F]`.
+            trace (str, optional): Trace of the flow, see
+                :meth:`ENFlow.log_prob`.
+            return_regularization (bool, optional): Also return the flow's
+                regulariser per graph.
+
+        Returns:
+            torch.Tensor: Shape :obj:`[num_graphs]` (and the regulariser).
+        """
+        pos, h, batch, num_graphs = self._read(data)
+        sizes = graph_sizes(batch, num_graphs)
+        h_cont, log_q = self.dequantizer(h, pos, batch)
+        h_flow, log_det = self._scale_features(h_cont, sizes)
+        if self.actnorm is not None:
+            pos, h_flow, actnorm_log_det = self.actnorm(pos, h_flow, batch)
+            log_det = log_det + actnorm_log_det
+        out = self.flow.log_prob(Data(pos=pos, h=h_flow, batch=batch),
+                                 trace=trace,
+                                 return_regularization=return_regularization)
+        flow_log_prob, reg = out if return_regularization else (out, None)
+        log_prob = self.node_count.log_prob(sizes).to(log_q.dtype) + \
+            flow_log_prob + log_det - log_q
+        return (log_prob, reg) if return_regularization else log_prob
+
+    @torch.no_grad()
+    def initialize(self, data: Batch) -> None:
+        r"""Data-initialises the :class:`ActNorm` (if any) from a batch of
+        training molecules, after dequantisation and feature scaling."""
+        if self.actnorm is None:
+            return
+        pos, h, batch, num_graphs = self._read(data)
+        h_cont, _ = self.dequantizer(h, pos, batch)
+        h_flow, _ = self._scale_features(h_cont,
+                                         graph_sizes(batch, num_graphs))
+        self.actnorm.initialize(pos, h_flow, batch)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int,
+               generator: Optional[torch.Generator] = None) -> Batch:
+        r"""Draws molecules: sizes from :math:`p(M)`, then positions and
+        continuous features from the flow, quantised by the dequantiser's
+        inverse.
+
+        Returns:
+            torch_geometric.data.Batch: Molecules with :obj:`pos` (centred,
+            Angstrom), discrete :obj:`h` :obj:`[N, F]` and :obj:`z`, the
+            atomic number of the arg-max class.
+        """
+        if num_samples < 1:
+            raise ValueError(f"'num_samples' must be positive (got "
+                             f"{num_samples})")
+        device = self.feature_scale.device
+        sizes = self.node_count.sample(num_samples, generator=generator)
+        latent = self.flow.sample(sizes.to(device), generator=generator)
+        pos, h_flow = latent.pos, latent.h
+        if self.actnorm is not None:
+            pos, h_flow = self.actnorm.inverse(pos, h_flow)
+        h = self.dequantizer.inverse(h_flow * self.feature_scale)
+        z = self.atomic_numbers[h[:, :len(self.atomic_numbers)].argmax(-1)]
+        split = sizes.tolist()
+        return Batch.from_data_list([
+            Data(pos=p, h=f, z=a)
+            for p, f, a in zip(pos.split(split), h.split(split),
+                               z.split(split))
+        ])
+
+    def _scale_features(self, h_cont: Tensor, sizes: Tensor
+                        ) -> Tuple[Tensor, Tensor]:
+        scale = self.feature_scale.to(h_cont.dtype)
+        log_det = -sizes.to(h_cont.dtype) * scale.log().sum()
+        return h_cont / scale, log_det
+
+    def _read(self, data: Batch) -> Tuple[Tensor, Tensor, Tensor, int]:
+        pos, h = getattr(data, 'pos', None), getattr(data, 'h', None)
+        if pos is None or h is None:
+            raise ValueError("MoleculeFlow needs molecules with 'pos' and "
+                             "'h'")
+        if pos.dim() != 2 or pos.size(-1) != self.flow.n_dims:
+            raise ValueError(f"'pos' must have shape [num_nodes, "
+                             f"{self.flow.n_dims}] (got {list(pos.shape)})")
+        batch = getattr(data, 'batch', None)
+        if batch is None:
+            batch = default_batch(pos.size(0), pos.device)
+        check_batch_vector(batch, pos.size(0))
+        if batch.numel() == 0:
+            raise ValueError('The input holds no molecules')
+        dtype = next(self.flow.parameters()).dtype
+        return pos.to(dtype), h.to(dtype), batch, int(batch[-1]) + 1
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(flow={self.flow}, dequantizer='
+                f'{self.dequantizer.__class__.__name__}, actnorm='
+                f'{self.actnorm is not None})')
