@@ -96,3 +96,48 @@ def clip_gradients(parameters: Iterable[torch.Tensor],
     norm = float(torch.nn.utils.clip_grad_norm_(parameters, limit))
     history.append(min(norm, limit))
     return norm
+
+
+def train_epoch(model: torch.nn.Module, loader: Iterable,
+                optimizer: torch.optim.Optimizer, grad_norms: List[float],
+                regularization_weight: float = 0.0,
+                device: Optional[torch.device] = None, desc: str = 'train',
+                progress: bool = True) -> float:
+    r"""One epoch of regularised maximum likelihood with Hutchinson's trace,
+
+    .. math::
+        \mathcal{L} = \frac{1}{B} \sum_{g} \left[-\log p(G_g) +
+        \lambda R_g\right],
+
+    where :math:`R_g` is the integrated kinetic energy plus Jacobian
+    Frobenius norm of graph :math:`g` and :math:`\lambda` the
+    :obj:`regularization_weight`, with adaptive gradient clipping
+    (:func:`clip_gradients`, history in :obj:`grad_norms`).
+
+    Args:
+        model (torch.nn.Module): Called as :obj:`model(batch,
+            trace='hutchinson', return_regularization=True)` and returning
+            :obj:`(log_prob, regularization)` per graph, *e.g.* a
+            :class:`~torch_enf.flows.MoleculeFlow` or a model wrapped by
+            :func:`torch_enf.distributed.wrap_model`.
+
+    Returns:
+        float: The mean training NLL per graph (without the regulariser).
+    """
+    model.train()
+    nlls = []
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for batch in bar:
+        if device is not None:
+            batch = batch.to(device)
+        log_prob, reg = model(batch, trace='hutchinson',
+                              return_regularization=True)
+        nll = -log_prob.mean()
+        loss = nll + regularization_weight * reg.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        clip_gradients(model.parameters(), grad_norms)
+        optimizer.step()
+        nlls.append(float(nll.detach()))
+        bar.set_postfix(nll=f'{nlls[-1]:.2f}')
+    return sum(nlls) / max(len(nlls), 1)

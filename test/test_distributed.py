@@ -1,0 +1,103 @@
+r"""Data-parallel training on two CPU processes (gloo): the ranks see
+different data, so their parameters stay identical only if DDP averages the
+gradients, including those that ENFlow's adjoint returns."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch_geometric.data import Data
+
+from torch_enf.distributed import (DistributedContext, init_distributed,
+                                   shard_loader, shutdown, wrap_model)
+from torch_enf.flows import ENFlow, MoleculeFlow, NodeCountDistribution
+from torch_enf.training import train_epoch
+
+WORLD_SIZE = 2
+pytestmark = pytest.mark.skipif(not dist.is_available() or
+                                not dist.is_gloo_available(),
+                                reason='needs torch.distributed with gloo')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def dataset(seed: int, molecules: bool):
+    generator = torch.Generator().manual_seed(seed)
+    data_list = []
+    for size in (3, 4, 5, 4, 3, 5, 4, 4):
+        pos = torch.randn(size, 3, generator=generator)
+        data = Data(pos=pos - pos.mean(0))
+        if molecules:
+            types = torch.randint(0, 5, (size, ), generator=generator)
+            data.h = torch.cat([F.one_hot(types, 5).float(),
+                                torch.tensor([1.0, 6, 7, 8, 9])[types, None]],
+                               dim=-1)
+        data_list.append(data)
+    return data_list
+
+
+def build(molecules: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if not molecules:
+        return ENFlow(3, 0, hidden_channels=8, num_layers=1, adjoint=True,
+                      rtol=1e-3, atol=1e-3)
+    return MoleculeFlow(NodeCountDistribution.from_num_nodes([3, 4, 5]),
+                        dequantizer='variational', actnorm=True,
+                        hidden_channels=8, num_layers=1, rtol=1e-3,
+                        atol=1e-3, adjoint=False)
+
+
+def worker(rank: int, port: int, folder: str, molecules: bool) -> None:
+    os.environ.update(WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
+                      LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    context = init_distributed('cpu')
+    try:
+        model = build(molecules)
+        if rank == 1:  # DDP must broadcast rank 0's initial parameters
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.add_(1e-2)
+        wrapped = wrap_model(model, context)
+        torch.manual_seed(100 + rank)  # different Hutchinson probes
+        # The shards of one dataset differ, and each rank's dataset differs
+        # as well, so only averaged gradients keep the ranks in step.
+        loader = shard_loader(dataset(rank, molecules), 2, context)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        train_epoch(wrapped, loader, optimizer, [], 1e-3, progress=False)
+        torch.save({k: v.detach() for k, v in model.state_dict().items()},
+                   os.path.join(folder, f'rank{rank}.pt'))
+    finally:
+        shutdown(context)
+
+
+@pytest.mark.parametrize('molecules', [False, True],
+                         ids=['enflow-adjoint', 'molecule-flow'])
+def test_ranks_stay_in_step(tmp_path, molecules):
+    mp.spawn(worker, args=(free_port(), str(tmp_path), molecules),
+             nprocs=WORLD_SIZE, join=True)
+    states = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
+    initial = build(molecules).state_dict()
+    changed = 0
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, rtol=0,
+                                   atol=1e-6, msg=f'{name} differs')
+        changed += int(not torch.allclose(value, initial[name]))
+    assert changed > 0
+
+
+def test_single_process_context(monkeypatch):
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    context = init_distributed('cpu')
+    assert context == DistributedContext(0, 1, torch.device('cpu'))
+    assert context.is_main and not context.distributed
+    loader = shard_loader(dataset(0, False), 3, context, shuffle=False)
+    assert [b.num_graphs for b in loader] == [3, 3, 2]
