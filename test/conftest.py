@@ -6,6 +6,11 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data'
 
+# The tests work on tiny tensors, for which intra-op threads only add
+# synchronisation; on a shared machine they can slow the suite by orders of
+# magnitude.
+torch.set_num_threads(1)
+
 
 def random_orthogonal(n: int, generator: torch.Generator,
                       reflect: bool = True) -> torch.Tensor:
