@@ -274,3 +274,23 @@ def test_custom_dynamics_are_used():
     flow = ENFlow(2, dynamics=dynamics)
     assert flow.dynamics is dynamics
     assert 'ENFlow(n_dims=2' in repr(flow)
+
+
+def test_step_budget_turns_a_stiff_solve_into_an_error():
+    flow = make_flow(2, max_num_steps=3, eval_rtol=1e-12, eval_atol=1e-12)
+    with pytest.raises(ODESolveError, match='max_num_steps'):
+        flow.log_prob(Data(pos=torch.randn(4, 2, dtype=torch.float64)))
+
+
+def test_adjoint_seminorm_gives_the_same_gradients(generator):
+    pos, _, batch = mixed_batch([3, 4], 2, generator)
+    data = as_batch(pos, None, batch, 0)
+    grads = []
+    for seminorm in (False, True):
+        torch.manual_seed(3)
+        flow = make_flow(2, adjoint=True, adjoint_seminorm=seminorm,
+                         rtol=1e-7, atol=1e-7).train()
+        flow.log_prob(data, trace='exact').sum().backward()
+        grads.append(torch.cat([p.grad.view(-1) for p in flow.parameters()
+                                if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)

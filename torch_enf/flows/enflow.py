@@ -15,6 +15,7 @@ from torch_enf.utils import (center_pos, check_batch_vector, check_finite,
                              scatter_sum)
 
 TRACES = ('exact', 'hutchinson')
+ADAPTIVE_SOLVERS = ('dopri5', 'dopri8', 'bosh3', 'fehlberg2', 'adaptive_heun')
 
 
 class ODESolveError(RuntimeError):
@@ -186,6 +187,13 @@ class ENFlow(torch.nn.Module):
         adjoint (bool, optional): Back-propagate with the adjoint method
             (constant memory) instead of through the solver.
             (default: :obj:`True`)
+        adjoint_seminorm (bool, optional): Control the step size of the
+            adjoint solve on the state and its adjoint only, not on the
+            parameter gradients, which needs far fewer backward evaluations
+            (Kidger et al., 2021). (default: :obj:`False`)
+        max_num_steps (int, optional): Upper bound on the steps of one
+            adaptive solve; beyond it :class:`ODESolveError` is raised
+            instead of running on. (default: :obj:`10000`)
         hutchinson_noise (str, optional): :obj:`"rademacher"` or
             :obj:`"gaussian"`. (default: :obj:`"rademacher"`)
     """
@@ -208,6 +216,8 @@ class ENFlow(torch.nn.Module):
         eval_rtol: float = 1e-5,
         eval_atol: float = 1e-5,
         adjoint: bool = True,
+        adjoint_seminorm: bool = False,
+        max_num_steps: int = 10000,
         hutchinson_noise: str = 'rademacher',
     ):
         super().__init__()
@@ -229,6 +239,8 @@ class ENFlow(torch.nn.Module):
         self.rtol, self.atol = rtol, atol
         self.eval_rtol, self.eval_atol = eval_rtol, eval_atol
         self.adjoint = adjoint
+        self.adjoint_seminorm = adjoint_seminorm
+        self.max_num_steps = max_num_steps
         self.hutchinson_noise = hutchinson_noise
         self.pos_prior = CenteredGaussian(n_dims)
         self.h_prior = NodeGaussian(node_channels)
@@ -375,12 +387,17 @@ class ENFlow(torch.nn.Module):
         rtol = self.rtol if self.training else self.eval_rtol
         atol = self.atol if self.training else self.eval_atol
         kwargs = dict(rtol=rtol, atol=atol, method=self.solver)
+        if self.solver in ADAPTIVE_SOLVERS:
+            kwargs['options'] = dict(max_num_steps=self.max_num_steps)
         try:
             if self.adjoint and torch.is_grad_enabled():
+                adjoint_options = dict(kwargs.get('options', {}))
+                if self.adjoint_seminorm:
+                    adjoint_options['norm'] = 'seminorm'
                 solution = odeint_adjoint(
                     self.ode, state, times,
                     adjoint_params=tuple(self.dynamics.parameters()),
-                    **kwargs)
+                    adjoint_options=adjoint_options, **kwargs)
             else:
                 solution = odeint(self.ode, state, times, **kwargs)
         except AssertionError as error:  # torchdiffeq's step-size checks
