@@ -257,16 +257,16 @@ def plot_samples(args, samples, data, dist_samples, dist_data, e_samples,
 
     panels = 3 if args.system == 'dw4' else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.5))
-    axes[0].hist(dist_data.numpy(), 100, dist_range, density=True,
+    axes[0].hist(dist_data.numpy(), 100, range=dist_range, density=True,
                  alpha=0.5, label='data')
-    axes[0].hist(dist_samples.numpy(), 100, dist_range, density=True,
-                 alpha=0.5, label='E-NF samples')
+    axes[0].hist(dist_samples.numpy(), 100, range=dist_range,
+                 density=True, alpha=0.5, label='E-NF samples')
     axes[0].set_xlabel('interatomic distance')
     axes[0].legend()
     finite = torch.isfinite(e_samples)
-    axes[1].hist(e_data.numpy(), 100, energy_range, density=True, alpha=0.5,
-                 label='data')
-    axes[1].hist(e_samples[finite].numpy(), 100, energy_range,
+    axes[1].hist(e_data.numpy(), 100, range=energy_range, density=True,
+                 alpha=0.5, label='data')
+    axes[1].hist(e_samples[finite].numpy(), 100, range=energy_range,
                  density=True, alpha=0.5, label='E-NF samples')
     axes[1].set_xlabel('energy')
     if panels == 3:
