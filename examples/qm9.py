@@ -71,7 +71,8 @@ def parse_args(description: str, lr: float, quick: Dict, eval_trace: str,
                    help='test molecules (default: the whole test split)')
     p.add_argument('--num-samples', type=int, default=1000)
     p.add_argument('--quick', action='store_true',
-                   help='small preset for 2 CPU cores (< 10 minutes)')
+                   help='small preset for 2 CPU cores (< 10 minutes); '
+                   'options given explicitly override it')
     p.add_argument('--resume', action='store_true')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=None)
@@ -79,11 +80,9 @@ def parse_args(description: str, lr: float, quick: Dict, eval_trace: str,
     p.add_argument('--no-progress', action='store_true')
     if molecule:
         add_molecule_args(p)
-    args = p.parse_args()
-    if args.quick:
-        for key, value in quick.items():
-            setattr(args, key, value)
-    return args
+    if p.parse_known_args()[0].quick:  # presets; explicit options still win
+        p.set_defaults(**quick)
+    return p.parse_args()
 
 
 def add_molecule_args(p: argparse.ArgumentParser) -> None:
@@ -106,8 +105,9 @@ def build_model(args: argparse.Namespace,
                 train_full: QM9) -> MoleculeFlow:
     # p(M) from the whole training split, so that no test size is unseen.
     sizes = torch.diff(train_full.slices['pos'])
-    # Back-propagating through the solver: the dequantiser's gradient needs
-    # d log p / d h at t=0, which the ENFlow adjoint does not give yet.
+    # Back-propagating through the solver: the dequantiser and ActNorm need
+    # gradients w.r.t. the flow's inputs, and ENFlow's adjoint path fails
+    # when its inputs require grad (its ODE function does not detach them).
     return MoleculeFlow(NodeCountDistribution.from_num_nodes(sizes),
                         dequantizer=args.dequantizer, actnorm=args.actnorm,
                         hidden_channels=args.hidden, num_layers=args.layers,
@@ -246,12 +246,10 @@ def molecule_metrics(args: argparse.Namespace, model: MoleculeFlow,
     generator = torch.Generator(device=model.feature_scale.device)
     generator.manual_seed(args.seed)
     chunks = []
-    with tqdm(total=args.num_samples, desc='sampling', leave=False,
-              disable=args.no_progress) as bar:
-        while bar.n < args.num_samples:
-            size = min(100, args.num_samples - bar.n)
-            chunks.append(model.sample(size, generator).cpu())
-            bar.update(size)
+    for start in tqdm(range(0, args.num_samples, 100), desc='sampling',
+                      leave=False, disable=args.no_progress):
+        size = min(100, args.num_samples - start)
+        chunks.append(model.sample(size, generator).cpu())
     samples = Batch.from_data_list([d for c in chunks
                                     for d in c.to_data_list()])
     metrics = dict(num_samples=samples.num_graphs)

@@ -49,12 +49,10 @@ def distance_metrics(args: argparse.Namespace, flow: ENFlow, train_set,
     device = next(flow.parameters()).device
     generator = torch.Generator(device=device).manual_seed(args.seed)
     chunks = []
-    with tqdm(total=args.num_samples, desc='sampling', leave=False,
-              disable=args.no_progress) as bar:
-        while bar.n < args.num_samples:
-            size = min(100, args.num_samples - bar.n)
-            chunks.append(flow.sample(NUM_ATOMS, size, generator).pos.cpu())
-            bar.update(size)
+    for start in tqdm(range(0, args.num_samples, 100), desc='sampling',
+                      leave=False, disable=args.no_progress):
+        size = min(100, args.num_samples - start)
+        chunks.append(flow.sample(NUM_ATOMS, size, generator).pos.cpu())
     samples = torch.cat(chunks)
     data = torch.cat([d.pos for d in train_set])
     dist_samples = pairwise_distances(samples, _batch_of(samples))
