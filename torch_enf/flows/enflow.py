@@ -75,7 +75,8 @@ class _FlowODE(torch.nn.Module):
         self.num_evals += 1
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            nodes = [_track(x) for x in self._node_states(state)]
+            nodes = [_track(x, create_graph)
+                     for x in self._node_states(state)]
             if not all(bool(torch.isfinite(x).all()) for x in nodes):
                 raise ODESolveError(
                     f'The ODE solve diverged: non-finite state at t='
@@ -121,8 +122,14 @@ class _FlowODE(torch.nn.Module):
         return extra
 
 
-def _track(x: Tensor) -> Tensor:
-    return x if x.requires_grad else x.detach().requires_grad_()
+def _track(x: Tensor, create_graph: bool) -> Tensor:
+    r"""Makes :obj:`x` the start of the graph the divergence is taken on.
+    Outside of a differentiated solve (e.g. the forward pass of the adjoint
+    method, run without gradients), the state is cut from whatever graph its
+    initial value came from, so only the local Jacobian is formed."""
+    if create_graph and x.requires_grad:
+        return x
+    return x.detach().requires_grad_()
 
 
 class ENFlow(torch.nn.Module):
