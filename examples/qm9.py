@@ -105,14 +105,11 @@ def build_model(args: argparse.Namespace,
                 train_full: QM9) -> MoleculeFlow:
     # p(M) from the whole training split, so that no test size is unseen.
     sizes = torch.diff(train_full.slices['pos'])
-    # Back-propagating through the solver: the dequantiser and ActNorm need
-    # gradients w.r.t. the flow's inputs, and ENFlow's adjoint path fails
-    # when its inputs require grad (its ODE function does not detach them).
     return MoleculeFlow(NodeCountDistribution.from_num_nodes(sizes),
                         dequantizer=args.dequantizer, actnorm=args.actnorm,
                         hidden_channels=args.hidden, num_layers=args.layers,
                         rtol=args.tol, atol=args.tol, eval_rtol=args.eval_tol,
-                        eval_atol=args.eval_tol, adjoint=False)
+                        eval_atol=args.eval_tol)
 
 
 def run(args: argparse.Namespace, positional: bool,
