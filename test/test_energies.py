@@ -8,14 +8,6 @@ from torch_enf.datasets import (DoubleWellEnergy, LennardJonesEnergy,
                                 MALASampler, ParticleEnergy)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny tensors: one thread avoids contention overhead on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def double_well_reference(x, a=0.0, b=-4.0, c=0.9, d0=4.0, tau=1.0):
     out = np.zeros(len(x))

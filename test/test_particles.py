@@ -17,13 +17,6 @@ SMALL = dict(num_samples=300, progress=False,
              sampler_kwargs=dict(num_chains=100, burn_in=100, thinning=2))
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def stacked(dataset):
     return torch.stack([data.pos for data in dataset])

@@ -2,7 +2,7 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.nn import Linear, Module, Sequential, Tanh
+from torch.nn import Linear, Sequential
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.inits import reset
 
