@@ -300,7 +300,12 @@ def main() -> None:
         args.n_train, args.epochs, args.batch_size = (n_train, epochs,
                                                       batch_size)
         args.out = osp.join(base_out, f'n_train={n_train}')
-        results = train(args)
+        done = osp.join(args.out, 'results.json')
+        if args.resume and osp.exists(done):
+            with open(done) as f:
+                results = json.load(f)  # finished in an earlier run
+        else:
+            results = train(args)
         table.append(results)
         print(f"n_train={n_train}: test NLL {results['test_nll']:.3f}")
     atomic_save(table, osp.join(base_out, 'results.json'))
