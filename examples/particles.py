@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from torch_enf.datasets import DW4, LJ13
 from torch_enf.flows import ENFlow
 from torch_enf.metrics import histogram_js_divergence, pairwise_distances
-from torch_enf.training import (atomic_save, evaluate_nll,
+from torch_enf.training import (atomic_save, evaluate_nll, finish_epoch,
                                 plot_learning_curves)
 
 SYSTEMS = {'dw4': DW4, 'lj13': LJ13}
@@ -161,19 +161,9 @@ def train(args: argparse.Namespace) -> Dict:
         if epoch % eval_every == 0 or epoch == args.epochs:
             record['valid_nll'] = evaluate_nll(flow, valid_loader,
                                                valid_trace, 'valid')
-            if record['valid_nll'] < state['best_valid']:
-                state['best_valid'] = record['valid_nll']
-                state['best_epoch'] = epoch
-                atomic_save(flow.state_dict(), osp.join(out, 'best.pt'))
-        state['history'].append(record)
-        state['epoch'] = epoch
         state['wall_clock_s'] = resumed_clock + time.time() - start
-        atomic_save(dict(model=flow.state_dict(),
-                         optimizer=optimizer.state_dict(),
-                         rng=torch.get_rng_state(), state=state), ckpt_path)
-        print(f"epoch {epoch}: train NLL {record['train_nll']:.3f}" +
-              (f", valid NLL {record['valid_nll']:.3f}"
-               if 'valid_nll' in record else ''), flush=True)
+        finish_epoch(state, record, flow, optimizer, out,
+                     rng=torch.get_rng_state())
 
     flow.load_state_dict(torch.load(osp.join(out, 'best.pt'),
                                     map_location=device))

@@ -34,7 +34,7 @@ from torch_enf.distributed import (DistributedContext, barrier,
                                    init_distributed, mean_over_processes,
                                    shard_loader, shutdown, wrap_model)
 from torch_enf.flows import MoleculeFlow, NodeCountDistribution
-from torch_enf.training import (atomic_save, evaluate_nll,
+from torch_enf.training import (atomic_save, evaluate_nll, finish_epoch,
                                 plot_learning_curves, train_epoch)
 
 QUICK = dict(n_train=512, epochs=5, batch_size=16, lr=1e-3, hidden=32,
@@ -191,20 +191,11 @@ def train(args: argparse.Namespace, positional: bool, build: Callable,
             record['valid_nll'] = evaluate_nll(model, valid_loader,
                                                args.eval_trace, 'valid',
                                                progress)
-            if record['valid_nll'] < state['best_valid']:
-                state['best_valid'] = record['valid_nll']
-                state['best_epoch'] = epoch
-                atomic_save(model.state_dict(), osp.join(out, 'best.pt'))
-        state['history'].append(record)
-        state['epoch'] = epoch
         state['wall_clock_s'] = resumed_clock + time.time() - start
         if main:
-            atomic_save(dict(model=model.state_dict(),
-                             optimizer=optimizer.state_dict(), state=state),
-                        ckpt_path)
-            print(f"epoch {epoch}: train NLL {record['train_nll']:.3f}" +
-                  (f", valid NLL {record['valid_nll']:.3f}"
-                   if 'valid_nll' in record else ''), flush=True)
+            finish_epoch(state, record, model, optimizer, out)
+        else:
+            state['epoch'] = epoch
         barrier(context)
     if not main:
         return None

@@ -141,3 +141,27 @@ def train_epoch(model: torch.nn.Module, loader: Iterable,
         nlls.append(float(nll.detach()))
         bar.set_postfix(nll=f'{nlls[-1]:.2f}')
     return sum(nlls) / max(len(nlls), 1)
+
+
+def finish_epoch(state: Dict[str, Any], record: Dict[str, Any],
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 out: str, **extra: Any) -> None:
+    r"""End-of-epoch book-keeping of the training scripts: keeps the model
+    with the lowest validation NLL in :obj:`out/best.pt`, appends
+    :obj:`record` (keys :obj:`epoch`, :obj:`train_nll` and optionally
+    :obj:`valid_nll`) to :obj:`state["history"]`, writes the resumable
+    :obj:`out/checkpoint.pt` (model, optimiser, :obj:`state` and
+    :obj:`extra`) atomically and prints a one-line summary."""
+    valid = record.get('valid_nll')
+    if valid is not None and valid < state['best_valid']:
+        state['best_valid'] = valid
+        state['best_epoch'] = record['epoch']
+        atomic_save(model.state_dict(), os.path.join(out, 'best.pt'))
+    state['history'].append(record)
+    state['epoch'] = record['epoch']
+    atomic_save(dict(model=model.state_dict(),
+                     optimizer=optimizer.state_dict(), state=state, **extra),
+                os.path.join(out, 'checkpoint.pt'))
+    print(f"epoch {record['epoch']}: train NLL {record['train_nll']:.3f}" +
+          (f', valid NLL {valid:.3f}' if valid is not None else ''),
+          flush=True)
