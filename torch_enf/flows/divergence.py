@@ -8,7 +8,7 @@ by Hutchinson's estimator, for the instantaneous change of variables
 The Jacobian of a batch of graphs is block diagonal (graphs do not interact),
 which both estimators use to return one trace per graph.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -18,7 +18,8 @@ from torch_enf.utils import graph_sizes, scatter_sum
 
 def exact_divergence(outputs: Sequence[Tensor], inputs: Sequence[Tensor],
                      batch: Tensor, num_graphs: int,
-                     create_graph: bool = False) -> Tensor:
+                     create_graph: bool = False,
+                     basis: Optional[Tensor] = None) -> Tensor:
     r"""The exact trace of the Jacobian of node-wise :obj:`outputs` with
     respect to node-wise :obj:`inputs`, per graph.
 
@@ -40,12 +41,16 @@ def exact_divergence(outputs: Sequence[Tensor], inputs: Sequence[Tensor],
         num_graphs (int): The number of graphs.
         create_graph (bool, optional): Keep the graph of the result for
             higher-order derivatives. (default: :obj:`False`)
+        basis (torch.Tensor, optional): The probes of
+            :func:`diagonal_basis`, if already built for this batch (an ODE
+            solve reuses them at every evaluation). (default: :obj:`None`)
 
     Returns:
         torch.Tensor: The trace of every graph, shape :obj:`[num_graphs]`.
     """
     widths = [x.size(-1) for x in inputs]
-    basis = _diagonal_basis(batch, num_graphs, sum(widths), inputs[0])
+    if basis is None:
+        basis = diagonal_basis(batch, num_graphs, sum(widths), inputs[0])
     grad_outputs = list(torch.split(basis, widths, dim=-1))
     grads = torch.autograd.grad(list(outputs), list(inputs), grad_outputs,
                                 create_graph=create_graph,
@@ -54,8 +59,12 @@ def exact_divergence(outputs: Sequence[Tensor], inputs: Sequence[Tensor],
     return scatter_sum(diag, batch, num_graphs)
 
 
-def _diagonal_basis(batch: Tensor, num_graphs: int, width: int,
-                    like: Tensor) -> Tensor:
+def diagonal_basis(batch: Tensor, num_graphs: int, width: int,
+                   like: Tensor) -> Tensor:
+    r"""The probes of :func:`exact_divergence`, shape
+    :obj:`[max_g M_g * width, N, width]` in the dtype of :obj:`like`: probe
+    :math:`(a, c)` is one at channel :math:`c` of the :math:`a`-th node of
+    every graph."""
     sizes = graph_sizes(batch, num_graphs)
     ptr = torch.cumsum(sizes, 0) - sizes
     local = torch.arange(batch.numel(), device=batch.device) - ptr[batch]

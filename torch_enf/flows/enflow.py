@@ -6,7 +6,7 @@ from torch_geometric.data import Batch, Data
 from torchdiffeq import odeint, odeint_adjoint
 
 from torch_enf.flows.distributions import CenteredGaussian, NodeGaussian
-from torch_enf.flows.divergence import (exact_divergence,
+from torch_enf.flows.divergence import (diagonal_basis, exact_divergence,
                                         hutchinson_divergence, sample_probe)
 from torch_enf.flows.dynamics import EGNNDynamics
 from torch_enf.nn import full_edge_index, radius_graph
@@ -57,17 +57,22 @@ class _FlowODE(torch.nn.Module):
         self.radius = radius
         self.num_evals = 0
 
-    def setup(self, batch: Tensor, num_graphs: int, node_channels: int,
+    def setup(self, nodes: List[Tensor], batch: Tensor, num_graphs: int,
               trace: Optional[str], probe: Optional[List[Tensor]],
               regularize: bool) -> None:
+        r"""Fixes what stays constant during one solve: the graph, the
+        probes and, for the exact trace, its basis."""
         self.batch = batch
         self.num_graphs = num_graphs
-        self.node_channels = node_channels
+        self.node_channels = nodes[1].size(-1) if len(nodes) > 1 else 0
         self.trace = trace
         self.probe = probe
         self.regularize = regularize
         self.edge_index = None if self.radius else full_edge_index(
             batch, num_graphs)
+        self.basis = diagonal_basis(
+            batch, num_graphs, sum(x.size(-1) for x in nodes), nodes[0]) \
+            if trace == 'exact' else None
         self.num_evals = 0
 
     def forward(self, t: Tensor, state: Tuple[Tensor, ...]
@@ -108,7 +113,8 @@ class _FlowODE(torch.nn.Module):
         vjp = None
         if self.trace == 'exact':
             extra.append(exact_divergence(velocities, nodes, self.batch,
-                                          self.num_graphs, create_graph))
+                                          self.num_graphs, create_graph,
+                                          self.basis))
         if self.trace == 'hutchinson' or self.regularize:
             div, vjp = hutchinson_divergence(velocities, nodes, self.probe,
                                              self.batch, self.num_graphs,
@@ -322,6 +328,8 @@ class ENFlow(torch.nn.Module):
         :obj:`trace`, :obj:`log_det` holds
         :math:`\log |\det \partial \mathbf{x} / \partial \mathbf{z}|`."""
         pos, h, batch, num_graphs = self._check(pos, h, batch)
+        if trace is not None:
+            trace = self._resolve_trace(trace)
         return self._solve(center_pos(pos, batch, num_graphs), h, batch,
                            num_graphs, 1.0, 0.0, trace, False)
 
@@ -364,16 +372,12 @@ class ENFlow(torch.nn.Module):
     def _solve(self, pos: Tensor, h: Tensor, batch: Tensor, num_graphs: int,
                t0: float, t1: float, trace: Optional[str],
                regularize: bool) -> FlowResult:
-        if trace is not None and trace not in TRACES:
-            raise ValueError(f"'trace' must be one of {TRACES} (got "
-                             f"'{trace}')")
         nodes = [pos, h] if self.node_channels > 0 else [pos]
         probe = None
         if trace == 'hutchinson' or regularize:
             probe = [sample_probe(x, self.hutchinson_noise) for x in nodes]
             probe[0] = center_pos(probe[0], batch, num_graphs)
-        self.ode.setup(batch, num_graphs, self.node_channels, trace, probe,
-                       regularize)
+        self.ode.setup(nodes, batch, num_graphs, trace, probe, regularize)
         zeros = pos.new_zeros(num_graphs)
         state = tuple(nodes + [zeros] * (int(trace is not None) +
                                          int(regularize)))
