@@ -435,10 +435,6 @@ class ENFlow(torch.nn.Module):
         if getattr(data, 'pos', None) is None:
             raise ValueError("The input graphs have no 'pos' attribute")
         h = getattr(data, 'h', None) if self.node_channels > 0 else None
-        if self.node_channels > 0 and h is None:
-            raise ValueError(f"The flow expects node features 'h' with "
-                             f"{self.node_channels} channels, but the input "
-                             f"graphs have none")
         return self._check(data.pos, h, getattr(data, 'batch', None))
 
     def _check(self, pos: Tensor, h: Optional[Tensor],
@@ -461,8 +457,9 @@ class ENFlow(torch.nn.Module):
                              f'undefined for them')
         if self.node_channels > 0:
             if h is None:
-                raise ValueError(f"'h' with {self.node_channels} channels is "
-                                 f"required")
+                raise ValueError(f"The flow expects node features 'h' with "
+                                 f"{self.node_channels} channels, but the "
+                                 f"input graphs have none")
             check_node_matrix(h, pos.size(0), self.node_channels, 'h')
         else:
             h = pos.new_zeros(pos.size(0), 0)
