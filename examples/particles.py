@@ -32,7 +32,7 @@ from torch_enf.datasets import DW4, LJ13
 from torch_enf.flows import ENFlow
 from torch_enf.metrics import histogram_js_divergence, pairwise_distances
 from torch_enf.training import (atomic_save, evaluate_nll, finish_epoch,
-                                plot_learning_curves)
+                                out_of_time, plot_learning_curves)
 
 SYSTEMS = {'dw4': DW4, 'lj13': LJ13}
 # Training-set sizes, epochs and batch sizes of the paper's sweep.
@@ -83,13 +83,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument('--num-samples', type=int, default=2000,
                    help='samples drawn for the histograms')
     p.add_argument('--quick', action='store_true',
-                   help='small preset that finishes in about 5 minutes')
+                   help='small preset that finishes in about 5 minutes; '
+                   'options given explicitly override it')
     p.add_argument('--sweep', action='store_true',
                    help="the paper's training-set-size sweep (Table 1)")
     p.add_argument('--resume', action='store_true')
+    p.add_argument('--time-budget', type=float, default=None,
+                   help='stop training after the epoch that exceeds this '
+                   'many hours (validated, then tested as usual)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--device', default='cpu')
+    known = p.parse_known_args()[0]
+    if known.quick:  # presets; options given explicitly still win
+        p.set_defaults(**QUICK[known.system])
     return p.parse_args()
 
 
@@ -155,21 +162,26 @@ def train(args: argparse.Namespace) -> Dict:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(nll=f'{losses[-1]:.3f}')
         record = dict(epoch=epoch, train_nll=float(np.mean(losses)))
-        if epoch % eval_every == 0 or epoch == args.epochs:
+        last = (epoch == args.epochs or out_of_time(
+            resumed_clock + time.time() - start, args.time_budget))
+        if epoch % eval_every == 0 or last:
             record['valid_nll'] = evaluate_nll(flow, valid_loader,
                                                valid_trace, 'valid')
         state['wall_clock_s'] = resumed_clock + time.time() - start
         finish_epoch(state, record, flow, optimizer, out,
                      rng=torch.get_rng_state())
+        if last:
+            break
 
     flow.load_state_dict(torch.load(osp.join(out, 'best.pt'),
                                     map_location=device))
     results = evaluate(args, flow, system, test_set, out)
     results.update(
         system=args.system, n_train=args.n_train, epochs=args.epochs,
+        epochs_completed=state['epoch'], time_budget_h=args.time_budget,
         batch_size=args.batch_size, best_epoch=state['best_epoch'],
         best_valid_nll=state['best_valid'], valid_trace=valid_trace,
         num_valid=len(valid_set), untrained_valid_nll=state.get(
@@ -276,9 +288,6 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:
-        for key, value in QUICK[args.system].items():
-            setattr(args, key, value)
     if not args.sweep:
         results = train(args)
         print(json.dumps(results, indent=2))

@@ -35,7 +35,8 @@ from torch_enf.distributed import (DistributedContext, barrier,
                                    shard_loader, shutdown, wrap_model)
 from torch_enf.flows import MoleculeFlow, NodeCountDistribution
 from torch_enf.training import (atomic_save, evaluate_nll, finish_epoch,
-                                plot_learning_curves, train_epoch)
+                                out_of_time, plot_learning_curves,
+                                train_epoch)
 
 QUICK = dict(n_train=512, epochs=5, batch_size=16, lr=1e-3, hidden=32,
              layers=3, num_valid=128, num_test=256, eval_every=1,
@@ -74,6 +75,9 @@ def parse_args(description: str, lr: float, quick: Dict, eval_trace: str,
                    help='small preset for 2 CPU cores (< 10 minutes); '
                    'options given explicitly override it')
     p.add_argument('--resume', action='store_true')
+    p.add_argument('--time-budget', type=float, default=None,
+                   help='stop training after the epoch that exceeds this '
+                   'many hours (validated, then tested as usual)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
@@ -187,7 +191,11 @@ def train(args: argparse.Namespace, positional: bool, build: Callable,
                                 f'epoch {epoch}/{args.epochs}', progress)
         record = dict(epoch=epoch,
                       train_nll=mean_over_processes(train_nll, context))
-        if main and (epoch % eval_every == 0 or epoch == args.epochs):
+        # Every rank must agree to stop, so the clocks are combined.
+        last = epoch == args.epochs or mean_over_processes(float(out_of_time(
+            resumed_clock + time.time() - start, args.time_budget)),
+            context) > 0
+        if main and (epoch % eval_every == 0 or last):
             record['valid_nll'] = evaluate_nll(model, valid_loader,
                                                args.eval_trace, 'valid',
                                                progress)
@@ -197,6 +205,8 @@ def train(args: argparse.Namespace, positional: bool, build: Callable,
         else:
             state['epoch'] = epoch
         barrier(context)
+        if last:
+            break
     if not main:
         return None
 
@@ -210,6 +220,7 @@ def train(args: argparse.Namespace, positional: bool, build: Callable,
     results.update(sample_metrics(args, model, train_set, out))
     results.update(
         n_train=len(train_set), epochs=args.epochs,
+        epochs_completed=state['epoch'], time_budget_h=args.time_budget,
         batch_size=args.batch_size, world_size=context.world_size,
         best_epoch=state['best_epoch'], best_valid_nll=state['best_valid'],
         num_valid=len(valid_set), eval_tol=args.eval_tol,

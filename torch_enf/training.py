@@ -143,6 +143,12 @@ def train_epoch(model: torch.nn.Module, loader: Iterable,
     return sum(nlls) / max(len(nlls), 1)
 
 
+def out_of_time(elapsed_s: float, budget_h: Optional[float]) -> bool:
+    r"""Whether :obj:`elapsed_s` seconds of training have used up a budget
+    of :obj:`budget_h` hours (never, if :obj:`budget_h` is :obj:`None`)."""
+    return budget_h is not None and elapsed_s >= 3600.0 * budget_h
+
+
 def finish_epoch(state: Dict[str, Any], record: Dict[str, Any],
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  out: str, **extra: Any) -> None:
