@@ -76,8 +76,9 @@ def parse_args(description: str, lr: float, quick: Dict, eval_trace: str,
                    'options given explicitly override it')
     p.add_argument('--resume', action='store_true')
     p.add_argument('--time-budget', type=float, default=None,
-                   help='stop training after the epoch that exceeds this '
-                   'many hours (validated, then tested as usual)')
+                   help='stop training after the step that exceeds this many '
+                   'hours, even within an epoch (validated, then tested as '
+                   'usual)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
@@ -182,19 +183,22 @@ def train(args: argparse.Namespace, positional: bool, build: Callable,
         0, 1, context.device), shuffle=False)
     resumed_clock = state['wall_clock_s']
 
+    def budget_used() -> bool:  # every rank must agree: combine the clocks
+        return args.time_budget is not None and mean_over_processes(
+            float(out_of_time(resumed_clock + time.time() - start,
+                              args.time_budget)), context) > 0
+
     for epoch in range(state['epoch'] + 1, args.epochs + 1):
         if context.distributed:
             loader.sampler.set_epoch(epoch)
         train_nll = train_epoch(wrapped, loader, optimizer,
                                 state['grad_norms'], args.ode_reg,
                                 context.device,
-                                f'epoch {epoch}/{args.epochs}', progress)
+                                f'epoch {epoch}/{args.epochs}', progress,
+                                stop=budget_used)
         record = dict(epoch=epoch,
                       train_nll=mean_over_processes(train_nll, context))
-        # Every rank must agree to stop, so the clocks are combined.
-        last = epoch == args.epochs or mean_over_processes(float(out_of_time(
-            resumed_clock + time.time() - start, args.time_budget)),
-            context) > 0
+        last = epoch == args.epochs or budget_used()
         if main and (epoch % eval_every == 0 or last):
             record['valid_nll'] = evaluate_nll(model, valid_loader,
                                                args.eval_trace, 'valid',

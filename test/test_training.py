@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from torch_enf.training import (atomic_save, clip_gradients, finish_epoch,
-                                out_of_time)
+                                out_of_time, train_epoch)
 
 
 class Unpicklable:
@@ -75,3 +75,33 @@ def test_out_of_time():
     assert not out_of_time(3599.0, 1.0)
     assert out_of_time(3600.0, 1.0)
     assert out_of_time(1800.0, 0.5)
+
+
+class CountingModel(torch.nn.Module):
+    r"""Stands in for a flow: returns a per-graph log-likelihood and
+    regulariser from one parameter and counts its calls."""
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.calls = 0
+
+    def forward(self, batch, trace, return_regularization):
+        self.calls += 1
+        log_prob = -(self.weight * batch).pow(2).sum(-1)
+        return log_prob, torch.zeros_like(log_prob)
+
+
+def test_train_epoch_stops_when_asked():
+    model = CountingModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = [torch.randn(4, 3) for _ in range(10)]
+    nll = train_epoch(model, loader, optimizer, [], progress=False,
+                      stop=lambda: model.calls >= 3)
+    assert model.calls == 3
+    assert float(model.weight) < 1.0  # the steps were taken
+    assert nll > 0
+
+    model = CountingModel()
+    train_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.01),
+                [], progress=False)
+    assert model.calls == len(loader)  # no stop: the whole epoch

@@ -4,7 +4,7 @@ learning-curve plots."""
 import json
 import os
 import tempfile
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -102,7 +102,8 @@ def train_epoch(model: torch.nn.Module, loader: Iterable,
                 optimizer: torch.optim.Optimizer, grad_norms: List[float],
                 regularization_weight: float = 0.0,
                 device: Optional[torch.device] = None, desc: str = 'train',
-                progress: bool = True) -> float:
+                progress: bool = True,
+                stop: Optional[Callable[[], bool]] = None) -> float:
     r"""One epoch of regularised maximum likelihood with Hutchinson's trace,
 
     .. math::
@@ -120,9 +121,13 @@ def train_epoch(model: torch.nn.Module, loader: Iterable,
             :obj:`(log_prob, regularization)` per graph, *e.g.* a
             :class:`~torch_enf.flows.MoleculeFlow` or a model wrapped by
             :func:`torch_enf.distributed.wrap_model`.
+        stop (callable, optional): Checked after every step; the epoch ends
+            early once it returns :obj:`True` (*e.g.* a time budget). Under
+            data parallelism it must return the same on every process.
 
     Returns:
-        float: The mean training NLL per graph (without the regulariser).
+        float: The mean training NLL per graph (without the regulariser)
+        over the steps taken.
     """
     model.train()
     nlls = []
@@ -140,6 +145,9 @@ def train_epoch(model: torch.nn.Module, loader: Iterable,
         optimizer.step()
         nlls.append(float(nll.detach()))
         bar.set_postfix(nll=f'{nlls[-1]:.2f}')
+        if stop is not None and stop():
+            break
+    bar.close()
     return sum(nlls) / max(len(nlls), 1)
 
 
