@@ -7,6 +7,7 @@ All energies are batched and differentiable. They take positions of shape
 :obj:`[num_samples, num_particles * n_dims]`) and return one energy per
 sample, of shape :obj:`[num_samples]`, in units of :math:`k_B T`.
 """
+import abc
 import math
 from typing import Optional, Tuple
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 
-class ParticleEnergy(torch.nn.Module):
+class ParticleEnergy(torch.nn.Module, metaclass=abc.ABCMeta):
     r"""Base class of pairwise particle energies.
 
     Subclasses implement :meth:`energy` on validated positions of shape
@@ -55,8 +56,11 @@ class ParticleEnergy(torch.nn.Module):
                                       offset=1, device=pos.device)
         return (pos[:, row] - pos[:, col]).norm(dim=-1)
 
+    @abc.abstractmethod
     def energy(self, pos: Tensor) -> Tensor:
-        raise NotImplementedError
+        r"""The energies of validated positions of shape
+        :obj:`[num_samples, num_particles, n_dims]`, of shape
+        :obj:`[num_samples]`; implemented by every system."""
 
     def initial_positions(
         self,
