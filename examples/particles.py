@@ -147,7 +147,7 @@ def train(args: argparse.Namespace) -> Dict:
         print(f"Resuming {out} at epoch {state['epoch']}")
     elif args.resume:
         print(f'No checkpoint in {out}; starting from scratch')
-    resumed_clock = state['wall_clock_s']
+    start -= state['wall_clock_s']  # continue the clock
     if state['epoch'] == 0:
         state['untrained_valid_nll'] = evaluate_nll(
             flow, valid_loader, valid_trace, 'untrained')
@@ -166,11 +166,11 @@ def train(args: argparse.Namespace) -> Dict:
             bar.set_postfix(nll=f'{losses[-1]:.3f}')
         record = dict(epoch=epoch, train_nll=float(np.mean(losses)))
         last = (epoch == args.epochs or out_of_time(
-            resumed_clock + time.time() - start, args.time_budget))
+            time.time() - start, args.time_budget))
         if epoch % eval_every == 0 or last:
             record['valid_nll'] = evaluate_nll(flow, valid_loader,
                                                valid_trace, 'valid')
-        state['wall_clock_s'] = resumed_clock + time.time() - start
+        state['wall_clock_s'] = time.time() - start
         finish_epoch(state, record, flow, optimizer, out,
                      rng=torch.get_rng_state())
         if last:
@@ -186,7 +186,7 @@ def train(args: argparse.Namespace) -> Dict:
         best_valid_nll=state['best_valid'], valid_trace=valid_trace,
         num_valid=len(valid_set), untrained_valid_nll=state.get(
             'untrained_valid_nll'), eval_tol=args.eval_tol,
-        wall_clock_s=resumed_clock + time.time() - start)
+        wall_clock_s=time.time() - start)
     atomic_save(results, osp.join(out, 'results.json'))
     plot_learning_curves(state['history'], osp.join(out, 'nll_curves.png'),
                          f'{args.system.upper()}, n_train={args.n_train}')

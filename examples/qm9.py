@@ -181,12 +181,12 @@ def train(args: argparse.Namespace, positional: bool, build: Callable,
                           args.batch_size * context.world_size)
     valid_loader = shard_loader(valid_set, 100, DistributedContext(
         0, 1, context.device), shuffle=False)
-    resumed_clock = state['wall_clock_s']
+    start -= state['wall_clock_s']  # continue the clock
 
     def budget_used() -> bool:  # every rank must agree: combine the clocks
         return args.time_budget is not None and mean_over_processes(
-            float(out_of_time(resumed_clock + time.time() - start,
-                              args.time_budget)), context) > 0
+            float(out_of_time(time.time() - start, args.time_budget)),
+            context) > 0
 
     for epoch in range(state['epoch'] + 1, args.epochs + 1):
         if context.distributed:
@@ -203,7 +203,7 @@ def train(args: argparse.Namespace, positional: bool, build: Callable,
             record['valid_nll'] = evaluate_nll(model, valid_loader,
                                                args.eval_trace, 'valid',
                                                progress)
-        state['wall_clock_s'] = resumed_clock + time.time() - start
+        state['wall_clock_s'] = time.time() - start
         if main:
             finish_epoch(state, record, model, optimizer, out)
         else:
@@ -228,7 +228,7 @@ def train(args: argparse.Namespace, positional: bool, build: Callable,
         batch_size=args.batch_size, world_size=context.world_size,
         best_epoch=state['best_epoch'], best_valid_nll=state['best_valid'],
         num_valid=len(valid_set), eval_tol=args.eval_tol,
-        wall_clock_s=resumed_clock + time.time() - start)
+        wall_clock_s=time.time() - start)
     atomic_save(results, osp.join(out, 'results.json'))
     plot_learning_curves(state['history'], osp.join(out, 'nll_curves.png'),
                          f'QM9{" positional" if positional else ""}, '
