@@ -102,3 +102,17 @@ def check_node_matrix(tensor: Tensor, num_nodes: int, width: int,
         raise ValueError(f"'{name}' must have shape [{num_nodes}, {width}] "
                          f"(got {list(tensor.shape)})")
     check_finite(tensor, name)
+
+
+def check_finite_graphs(tensor: Tensor, batch: Tensor, num_graphs: int,
+                        name: str) -> None:
+    r"""Raises :class:`ValueError` naming the graphs (by index in the
+    batch) whose rows of the node-wise :obj:`tensor` hold NaN or inf."""
+    finite = torch.isfinite(tensor).all(dim=-1)
+    if bool(finite.all()):
+        return
+    bad = torch.unique(batch[~finite]).tolist()
+    raise ValueError(f"'{name}' holds non-finite values (NaN or inf) in "
+                     f"graph(s) {bad[:10]}"
+                     f"{' and more' if len(bad) > 10 else ''} of "
+                     f"{num_graphs}")

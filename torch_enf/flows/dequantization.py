@@ -21,7 +21,7 @@ The common inverse (the quantiser) is
 * integer columns: :math:`\lfloor v \rfloor`.
 """
 import math
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +32,24 @@ from torch_enf.utils import (check_batch_vector, check_finite, default_batch,
                              num_graphs_of, scatter_sum)
 
 
-class _Dequantizer(torch.nn.Module):
-    r"""The feature layout, input checks and the quantiser shared by the
-    dequantisers."""
+class Dequantizer(torch.nn.Module):
+    r"""Base class of the dequantisers: the feature layout (:obj:`num_classes`
+    one-hot columns, then :obj:`num_integer` integer columns), input checks
+    and the quantiser :meth:`inverse`.
+
+    A subclass implements :obj:`forward(h, pos, batch, generator=None)`
+    returning :obj:`(h_cont, log_q)`: continuous features :obj:`[N, F]`
+    inside the cell of :obj:`h` and :math:`\log q(\mathbf{v} \mid
+    \mathbf{h}, \mathbf{x})` per graph, :obj:`[num_graphs]`. Decorate it
+    with :func:`register_dequantizer` to make it available by name to
+    :class:`~torch_enf.flows.MoleculeFlow` and the training scripts.
+
+    Args:
+        num_classes (int, optional): Width of the one-hot block.
+            (default: :obj:`5`)
+        num_integer (int, optional): Number of integer columns after it.
+            (default: :obj:`1`)
+    """
     def __init__(self, num_classes: int = 5, num_integer: int = 1):
         super().__init__()
         if num_classes < 2 or num_integer < 0:
@@ -43,6 +58,12 @@ class _Dequantizer(torch.nn.Module):
                              f"{num_classes}, num_integer={num_integer})")
         self.num_classes = num_classes
         self.num_integer = num_integer
+
+    @property
+    def trainable(self) -> bool:
+        r"""Whether :math:`q` has parameters to learn (then only a
+        likelihood objective can fit it)."""
+        return any(p.requires_grad for p in self.parameters())
 
     @property
     def channels(self) -> int:
@@ -86,7 +107,27 @@ class _Dequantizer(torch.nn.Module):
         return batch, num_graphs_of(batch)
 
 
-class UniformDequantizer(_Dequantizer):
+DEQUANTIZERS: Dict[str, Type[Dequantizer]] = {}
+r"""The dequantisers by name; see :func:`register_dequantizer`."""
+
+
+def register_dequantizer(name: str) -> Callable[[Type[Dequantizer]],
+                                                Type[Dequantizer]]:
+    r"""Class decorator that adds a :class:`Dequantizer` subclass to
+    :obj:`DEQUANTIZERS` under :obj:`name`."""
+    def register(cls: Type[Dequantizer]) -> Type[Dequantizer]:
+        if not (isinstance(cls, type) and issubclass(cls, Dequantizer)):
+            raise TypeError(f"{cls!r} is not a Dequantizer subclass")
+        if name in DEQUANTIZERS:
+            raise ValueError(f"A dequantizer named {name!r} is registered "
+                             f"already")
+        DEQUANTIZERS[name] = cls
+        return cls
+    return register
+
+
+@register_dequantizer('uniform')
+class UniformDequantizer(Dequantizer):
     r"""Uniform dequantisation: :math:`\mathbf{v} = \mathbf{h} +
     \mathbf{u}` with :math:`\mathbf{u} \sim U[0, 1)^F`.
 
@@ -117,7 +158,8 @@ class UniformDequantizer(_Dequantizer):
         return h + noise, h.new_zeros(num_graphs)
 
 
-class VariationalDequantizer(_Dequantizer):
+@register_dequantizer('variational')
+class VariationalDequantizer(Dequantizer):
     r"""Variational dequantisation with an E(n)-invariant posterior, as in
     the `"E(n) Equivariant Normalizing Flows"
     <https://arxiv.org/abs/2105.09016>`_ paper, with the arg-max

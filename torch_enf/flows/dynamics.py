@@ -73,7 +73,9 @@ class EGNNDynamics(torch.nn.Module):
         r"""Evaluates the vector field.
 
         Args:
-            t (torch.Tensor): The time, a scalar tensor.
+            t (torch.Tensor): The time: a scalar tensor, or one value per
+                node of shape :obj:`[N]` (as in flow matching, where every
+                graph has its own time).
             pos (torch.Tensor): Positions of shape :obj:`[N, n]`.
             h (torch.Tensor): Node features of shape :obj:`[N, F]`.
             edge_index (torch.Tensor): Edge indices of shape :obj:`[2, E]`.
@@ -85,7 +87,8 @@ class EGNNDynamics(torch.nn.Module):
         """
         inputs = [h]
         if self.condition_time:
-            inputs.append(t.to(pos.dtype).expand(pos.size(0), 1))
+            inputs.append(t.to(pos.dtype).reshape(-1, 1).expand(pos.size(0),
+                                                                1))
         if self.in_channels > sum(x.size(-1) for x in inputs):
             inputs.append(pos.new_ones(pos.size(0), 1))
         h_in = torch.cat(inputs, dim=-1)

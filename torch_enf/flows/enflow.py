@@ -1,26 +1,24 @@
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+import contextlib
+from typing import (Any, Iterator, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
-from torchdiffeq import odeint, odeint_adjoint
+from tqdm.auto import tqdm
 
 from torch_enf.flows.distributions import CenteredGaussian, NodeGaussian
-from torch_enf.flows.divergence import (diagonal_basis, exact_divergence,
-                                        hutchinson_divergence, sample_probe)
+from torch_enf.flows.divergence import sample_probe
 from torch_enf.flows.dynamics import EGNNDynamics
-from torch_enf.nn import full_edge_index, radius_graph
-from torch_enf.utils import (center_pos, check_batch_vector, check_finite,
-                             check_node_matrix, default_batch, graph_sizes,
-                             scatter_sum)
+from torch_enf.flows.integrator import (AugmentedODE, ODESolveError,
+                                        SolverOptions, integrate)
+from torch_enf.flows.vector_field import VectorField, check_graph
+from torch_enf.nn import full_edge_index
+from torch_enf.utils import (center_pos, check_batch_vector,
+                             check_finite_graphs, check_node_matrix,
+                             default_batch, graph_sizes)
 
 TRACES = ('exact', 'hutchinson')
-ADAPTIVE_SOLVERS = ('dopri5', 'dopri8', 'bosh3', 'fehlberg2', 'adaptive_heun')
-
-
-class ODESolveError(RuntimeError):
-    r"""Raised when the ODE solve of a flow diverges: the state became
-    non-finite or the adaptive step size underflowed."""
 
 
 class FlowResult(NamedTuple):
@@ -48,94 +46,24 @@ class FlowResult(NamedTuple):
     num_graphs: int
 
 
-class _FlowODE(torch.nn.Module):
-    r"""The augmented ODE right-hand side: positions, features, and, as
-    requested, the Jacobian trace and the regularisers, for one batch."""
-    def __init__(self, dynamics: torch.nn.Module, radius: Optional[float]):
-        super().__init__()
-        self.dynamics = dynamics
-        self.radius = radius
-        self.num_evals = 0
+class FlowInputs(NamedTuple):
+    r"""Continuous inputs of a flow at :math:`t = 0`, as returned by
+    :meth:`ENFlow.flow_inputs` (and :meth:`MoleculeFlow.flow_inputs`).
 
-    def setup(self, nodes: List[Tensor], batch: Tensor, num_graphs: int,
-              trace: Optional[str], probe: Optional[List[Tensor]],
-              regularize: bool) -> None:
-        r"""Fixes what stays constant during one solve: the graph, the
-        probes and, for the exact trace, its basis."""
-        self.batch = batch
-        self.num_graphs = num_graphs
-        self.node_channels = nodes[1].size(-1) if len(nodes) > 1 else 0
-        self.trace = trace
-        self.probe = probe
-        self.regularize = regularize
-        self.edge_index = None if self.radius else full_edge_index(
-            batch, num_graphs)
-        self.basis = diagonal_basis(
-            batch, num_graphs, sum(x.size(-1) for x in nodes), nodes[0]) \
-            if trace == 'exact' else None
-        self.num_evals = 0
-
-    def forward(self, t: Tensor, state: Tuple[Tensor, ...]
-                ) -> Tuple[Tensor, ...]:
-        self.num_evals += 1
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            nodes = [_track(x, create_graph)
-                     for x in self._node_states(state)]
-            if not all(bool(torch.isfinite(x).all()) for x in nodes):
-                raise ODESolveError(
-                    f'The ODE solve diverged: non-finite state at t='
-                    f'{float(t):.4g} after {self.num_evals} evaluations of '
-                    f'the vector field')
-            velocities = self._velocities(t, nodes)
-            extra = self._extra_terms(velocities, nodes, create_graph)
-        if not create_graph:
-            velocities = [v.detach() for v in velocities]
-            extra = [e.detach() for e in extra]
-        return tuple(velocities + extra)
-
-    def _node_states(self, state: Sequence[Tensor]) -> List[Tensor]:
-        return list(state[:2 if self.node_channels > 0 else 1])
-
-    def _velocities(self, t: Tensor, nodes: List[Tensor]) -> List[Tensor]:
-        pos = nodes[0]
-        h = nodes[1] if self.node_channels > 0 else pos.new_zeros(
-            pos.size(0), 0)
-        edge_index = self.edge_index if self.radius is None else \
-            radius_graph(pos, self.radius, self.batch)
-        dpos, dh = self.dynamics(t, pos, h, edge_index, self.batch)
-        dpos = center_pos(dpos, self.batch, self.num_graphs)
-        return [dpos, dh] if self.node_channels > 0 else [dpos]
-
-    def _extra_terms(self, velocities: List[Tensor], nodes: List[Tensor],
-                     create_graph: bool) -> List[Tensor]:
-        extra = []
-        vjp = None
-        if self.trace == 'exact':
-            extra.append(exact_divergence(velocities, nodes, self.batch,
-                                          self.num_graphs, create_graph,
-                                          self.basis))
-        if self.trace == 'hutchinson' or self.regularize:
-            div, vjp = hutchinson_divergence(velocities, nodes, self.probe,
-                                             self.batch, self.num_graphs,
-                                             create_graph)
-            if self.trace == 'hutchinson':
-                extra.append(div)
-        if self.regularize:
-            per_node = sum(v.pow(2).sum(-1) for v in velocities) + \
-                sum(g.pow(2).sum(-1) for g in vjp)
-            extra.append(scatter_sum(per_node, self.batch, self.num_graphs))
-        return extra
-
-
-def _track(x: Tensor, create_graph: bool) -> Tensor:
-    r"""Makes :obj:`x` the start of the graph the divergence is taken on.
-    Outside of a differentiated solve (e.g. the forward pass of the adjoint
-    method, run without gradients), the state is cut from whatever graph its
-    initial value came from, so only the local Jacobian is formed."""
-    if create_graph and x.requires_grad:
-        return x
-    return x.detach().requires_grad_()
+    Attributes:
+        pos (torch.Tensor): Positions centred per graph, :obj:`[N, n]`.
+        h (torch.Tensor): Continuous node features, :obj:`[N, F]`.
+        batch (torch.Tensor): Sorted graph assignment, :obj:`[N]`.
+        num_graphs (int): The number of graphs.
+        node_type (torch.Tensor, optional): An integer class per node that
+            symmetries may not mix (*e.g.* the atom type), :obj:`[N]`, or
+            :obj:`None` when all nodes are alike.
+    """
+    pos: Tensor
+    h: Tensor
+    batch: Tensor
+    num_graphs: int
+    node_type: Optional[Tensor] = None
 
 
 class ENFlow(torch.nn.Module):
@@ -148,7 +76,8 @@ class ENFlow(torch.nn.Module):
     Data :math:`(\mathbf{x}, \mathbf{h})` at :math:`t = 0` is mapped to
     latents :math:`(\mathbf{z}_x, \mathbf{z}_h)` at :math:`t = 1` by
     :math:`\frac{d}{dt}(\mathbf{x}, \mathbf{h}) = f(\mathbf{x}, \mathbf{h},
-    t)`, with the position velocity made zero-centre-of-mass per graph, and
+    t)` (the :class:`VectorField`, whose position velocity is
+    zero-centre-of-mass per graph), and
 
     .. math::
         \log p(\mathbf{x}, \mathbf{h}) = \log p_{\mathcal{N}}(\mathbf{z}_x) +
@@ -164,6 +93,12 @@ class ENFlow(torch.nn.Module):
     estimate with a probe fixed during a solve (for training). The density
     is invariant to rotations, reflections, translations and node
     permutations.
+
+    The flow is trained by maximum likelihood
+    (:class:`~torch_enf.objectives.MaximumLikelihood`) or by flow matching
+    (:class:`~torch_enf.objectives.FlowMatching`, which regresses
+    :meth:`velocity` and needs no ODE solve); either way :meth:`log_prob`
+    and :meth:`sample` are the same.
 
     Args:
         n_dims (int): The dimension :math:`n` of the positions.
@@ -187,7 +122,9 @@ class ENFlow(torch.nn.Module):
         graph (str or float, optional): :obj:`"full"` for fully connected
             graphs, or a cutoff radius for radius graphs rebuilt at every
             evaluation. (default: :obj:`"full"`)
-        solver (str, optional): A :obj:`torchdiffeq` method.
+        solver (str, optional): A :obj:`torchdiffeq` method, adaptive
+            (*e.g.* :obj:`"dopri5"`) or fixed-step (*e.g.* :obj:`"euler"`,
+            :obj:`"midpoint"`, :obj:`"rk4"`, which need :obj:`num_steps`).
             (default: :obj:`"dopri5"`)
         rtol (float, optional): Relative tolerance in training mode.
             (default: :obj:`1e-4`)
@@ -197,6 +134,8 @@ class ENFlow(torch.nn.Module):
             (default: :obj:`1e-5`)
         eval_atol (float, optional): Absolute tolerance in evaluation mode.
             (default: :obj:`1e-5`)
+        num_steps (int, optional): Equal steps over :math:`[0, 1]` of a
+            fixed-step solver. (default: :obj:`None`)
         adjoint (bool, optional): Back-propagate with the adjoint method
             (constant memory) instead of through the solver.
             (default: :obj:`True`)
@@ -228,17 +167,18 @@ class ENFlow(torch.nn.Module):
         atol: float = 1e-4,
         eval_rtol: float = 1e-5,
         eval_atol: float = 1e-5,
+        num_steps: Optional[int] = None,
         adjoint: bool = True,
         adjoint_seminorm: bool = False,
         max_num_steps: int = 10000,
         hutchinson_noise: str = 'rademacher',
     ):
         super().__init__()
-        if graph != 'full' and not (isinstance(graph, (int, float))
-                                    and graph > 0):
-            raise ValueError(f"'graph' must be 'full' or a positive radius "
-                             f"(got {graph!r})")
         sample_probe(torch.zeros(1), hutchinson_noise)  # validates the kind
+        self.train_options = SolverOptions(solver, rtol, atol, num_steps,
+                                           max_num_steps)
+        self.eval_options = SolverOptions(solver, eval_rtol, eval_atol,
+                                          num_steps, max_num_steps)
         self.n_dims = n_dims
         self.node_channels = node_channels
         if dynamics is None:
@@ -246,30 +186,65 @@ class ENFlow(torch.nn.Module):
                                     num_layers, edge_inference=edge_inference,
                                     coords_norm=coords_norm,
                                     coords_range=coords_range, aggr=aggr)
-        self.dynamics = dynamics
-        self.graph = graph
-        self.solver = solver
-        self.rtol, self.atol = rtol, atol
-        self.eval_rtol, self.eval_atol = eval_rtol, eval_atol
+        self.vector_field = VectorField(dynamics, check_graph(graph))
         self.adjoint = adjoint
         self.adjoint_seminorm = adjoint_seminorm
-        self.max_num_steps = max_num_steps
         self.hutchinson_noise = hutchinson_noise
         self.pos_prior = CenteredGaussian(n_dims)
         self.h_prior = NodeGaussian(node_channels)
-        self.ode = _FlowODE(dynamics, None if graph == 'full' else graph)
+        self._num_evals = 0
+        self._register_load_state_dict_pre_hook(_upgrade_state_dict)
+
+    @property
+    def dynamics(self) -> torch.nn.Module:
+        r"""The network inside the :class:`VectorField`."""
+        return self.vector_field.dynamics
+
+    @property
+    def graph(self) -> Union[str, float]:
+        r"""The graph of the vector field: :obj:`"full"` or a radius."""
+        return self.vector_field.graph
 
     def reset_parameters(self):
         r"""Resets all learnable parameters of the module."""
-        self.dynamics.reset_parameters()
+        self.vector_field.reset_parameters()
 
     @property
     def num_evals(self) -> int:
         r"""The number of vector-field evaluations of the last solve (the
         backward pass of the adjoint method counts too)."""
-        return self.ode.num_evals
+        return self._num_evals
+
+    @contextlib.contextmanager
+    def ode_options(self, **changes: Any) -> Iterator['ENFlow']:
+        r"""Changes the solver options of training and evaluation for the
+        duration of a :obj:`with` block, *e.g.* a fixed-step sampler::
+
+            with flow.ode_options(method='midpoint', num_steps=50):
+                samples = flow.sample(19, 1000)
+
+        Args:
+            **changes: Fields of :class:`SolverOptions` (:obj:`method`,
+                :obj:`rtol`, :obj:`atol`, :obj:`num_steps`,
+                :obj:`max_num_steps`), checked before the block runs.
+        """
+        saved = self.train_options, self.eval_options
+        updated = tuple(options.update(**changes) for options in saved)
+        self.train_options, self.eval_options = updated
+        try:
+            yield self
+        finally:
+            self.train_options, self.eval_options = saved
 
     # Public API ------------------------------------------------------------
+
+    def forward(self, data: Union[Data, Batch], trace: Optional[str] = None,
+                return_regularization: bool = False
+                ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""Alias of :meth:`log_prob`, so that hooks and
+        :class:`~torch.nn.parallel.DistributedDataParallel` wrap the flow
+        directly."""
+        return self.log_prob(data, trace, return_regularization)
 
     def log_prob(self, data: Union[Data, Batch], trace: Optional[str] = None,
                  return_regularization: bool = False
@@ -316,10 +291,10 @@ class ENFlow(torch.nn.Module):
         r"""Maps data to latents (:math:`t: 0 \to 1`) and accumulates
         :math:`\log |\det \partial \mathbf{z} / \partial \mathbf{x}|` per
         graph (see :class:`FlowResult`)."""
-        pos, h, batch, num_graphs = self._read(data)
+        inputs = self.flow_inputs(data)
         trace = self._resolve_trace(trace)
-        return self._solve(center_pos(pos, batch, num_graphs), h, batch,
-                           num_graphs, 0.0, 1.0, trace, regularize)
+        return self._solve(inputs.pos, inputs.h, inputs.batch,
+                           inputs.num_graphs, 0.0, 1.0, trace, regularize)
 
     def decode(self, pos: Tensor, h: Optional[Tensor] = None,
                batch: Optional[Tensor] = None, trace: Optional[str] = None
@@ -333,10 +308,41 @@ class ENFlow(torch.nn.Module):
         return self._solve(center_pos(pos, batch, num_graphs), h, batch,
                            num_graphs, 1.0, 0.0, trace, False)
 
+    def flow_inputs(self, data: Union[Data, Batch]) -> FlowInputs:
+        r"""The checked, centred positions and the features of
+        :obj:`data`: the state of the flow at :math:`t = 0` (see
+        :class:`FlowInputs`)."""
+        pos, h, batch, num_graphs = self._read(data)
+        return FlowInputs(center_pos(pos, batch, num_graphs), h, batch,
+                          num_graphs)
+
+    def velocity(self, t: Tensor, pos: Tensor, h: Tensor, batch: Tensor,
+                 num_graphs: int) -> Tuple[Tensor, Tensor]:
+        r"""The vector field :math:`f(\mathbf{x}, \mathbf{h}, t)` at
+        :obj:`t` (a scalar or one time per node), see :class:`VectorField`.
+
+        Returns:
+            :obj:`(dpos_dt, dh_dt)` of shapes :obj:`[N, n]` (centred per
+            graph) and :obj:`[N, F]`.
+        """
+        return self.vector_field(t, pos, h, batch, num_graphs)
+
+    def sample_base(self, batch: Tensor, num_graphs: int,
+                    generator: Optional[torch.Generator] = None
+                    ) -> Tuple[Tensor, Tensor]:
+        r"""Draws latents :obj:`(pos, h)` from the base distribution for the
+        graphs of the assignment vector :obj:`batch`, in the flow's
+        dtype."""
+        dtype = self._dtype()
+        return (self.pos_prior.sample(batch, num_graphs, generator, dtype),
+                self.h_prior.sample(batch, generator, dtype))
+
     @torch.no_grad()
     def sample(self, num_nodes: Union[int, Sequence[int], Tensor],
                num_samples: Optional[int] = None,
-               generator: Optional[torch.Generator] = None) -> Batch:
+               generator: Optional[torch.Generator] = None,
+               batch_size: Optional[int] = None,
+               progress: bool = False) -> Batch:
         r"""Draws graphs from the flow.
 
         Args:
@@ -345,17 +351,30 @@ class ENFlow(torch.nn.Module):
             num_samples (int, optional): The number of graphs when
                 :obj:`num_nodes` is a single size. (default: :obj:`1`)
             generator (torch.Generator, optional): Source of the base noise.
+            batch_size (int, optional): Graphs per ODE solve (all at once
+                by default); bounds the memory of large draws.
+            progress (bool, optional): Show a progress bar over the graphs.
+                (default: :obj:`False`)
 
         Returns:
             torch_geometric.data.Batch: Graphs with :obj:`pos` (centred) and,
             when :obj:`node_channels > 0`, :obj:`h`.
         """
         sizes = self._sample_sizes(num_nodes, num_samples)
+        chunks = sizes.split(batch_size or sizes.numel())
+        data_list = []
+        with tqdm(total=sizes.numel(), desc='sampling', leave=False,
+                  disable=not progress) as bar:
+            for chunk in chunks:
+                data_list.extend(self._sample_chunk(chunk, generator))
+                bar.update(chunk.numel())
+        return Batch.from_data_list(data_list)
+
+    def _sample_chunk(self, sizes: Tensor,
+                      generator: Optional[torch.Generator]) -> List[Data]:
         batch = torch.repeat_interleave(
             torch.arange(sizes.numel(), device=sizes.device), sizes)
-        dtype = self._dtype()
-        z_pos = self.pos_prior.sample(batch, sizes.numel(), generator, dtype)
-        z_h = self.h_prior.sample(batch, generator, dtype)
+        z_pos, z_h = self.sample_base(batch, sizes.numel(), generator)
         out = self.decode(z_pos, z_h if self.node_channels > 0 else None,
                           batch)
         data_list = []
@@ -365,7 +384,7 @@ class ENFlow(torch.nn.Module):
             if self.node_channels > 0:
                 data.h = h
             data_list.append(data)
-        return Batch.from_data_list(data_list)
+        return data_list
 
     # Internals -------------------------------------------------------------
 
@@ -377,11 +396,20 @@ class ENFlow(torch.nn.Module):
         if trace == 'hutchinson' or regularize:
             probe = [sample_probe(x, self.hutchinson_noise) for x in nodes]
             probe[0] = center_pos(probe[0], batch, num_graphs)
-        self.ode.setup(nodes, batch, num_graphs, trace, probe, regularize)
+        edge_index = full_edge_index(batch, num_graphs) \
+            if self.graph == 'full' else None
+        func = AugmentedODE(self.vector_field, nodes, batch, num_graphs,
+                            trace, probe, regularize, edge_index)
         zeros = pos.new_zeros(num_graphs)
-        state = tuple(nodes + [zeros] * (int(trace is not None) +
-                                         int(regularize)))
-        final = self._integrate(state, t0, t1)
+        state = nodes + [zeros] * (int(trace is not None) + int(regularize))
+        options = self.train_options if self.training else self.eval_options
+        try:
+            final = integrate(
+                func, state, t0, t1, options,
+                tuple(self.parameters()) if self.adjoint else None,
+                self.adjoint_seminorm)
+        finally:
+            self._num_evals = func.num_evals
         k = len(nodes)
         # Integrating from t1 < t0 accumulates the trace with the right sign
         # for the inverse map by itself.
@@ -390,37 +418,6 @@ class ENFlow(torch.nn.Module):
         h_out = final[1] if self.node_channels > 0 else pos.new_zeros(
             pos.size(0), 0)
         return FlowResult(final[0], h_out, log_det, reg, batch, num_graphs)
-
-    def _integrate(self, state: Tuple[Tensor, ...], t0: float,
-                   t1: float) -> List[Tensor]:
-        times = torch.tensor([t0, t1], dtype=state[0].dtype,
-                             device=state[0].device)
-        rtol = self.rtol if self.training else self.eval_rtol
-        atol = self.atol if self.training else self.eval_atol
-        kwargs = dict(rtol=rtol, atol=atol, method=self.solver)
-        if self.solver in ADAPTIVE_SOLVERS:
-            kwargs['options'] = dict(max_num_steps=self.max_num_steps)
-        try:
-            if self.adjoint and torch.is_grad_enabled():
-                adjoint_options = dict(kwargs.get('options', {}))
-                if self.adjoint_seminorm:
-                    adjoint_options['norm'] = 'seminorm'
-                solution = odeint_adjoint(
-                    self.ode, state, times,
-                    adjoint_params=tuple(self.dynamics.parameters()),
-                    adjoint_options=adjoint_options, **kwargs)
-            else:
-                solution = odeint(self.ode, state, times, **kwargs)
-        except AssertionError as error:  # torchdiffeq's step-size checks
-            raise ODESolveError(f'The ODE solve failed: {error}. The vector '
-                                f'field is likely too stiff; bound it with '
-                                f'coords_range or loosen the tolerances') \
-                from error
-        final = [x[-1] for x in solution]
-        if not all(bool(torch.isfinite(x).all()) for x in final):
-            raise ODESolveError('The ODE solve diverged: non-finite values '
-                                'at the end of the integration')
-        return final
 
     def _resolve_trace(self, trace: Optional[str]) -> str:
         if trace is None:
@@ -442,13 +439,13 @@ class ENFlow(torch.nn.Module):
         if pos.dim() != 2 or pos.size(-1) != self.n_dims:
             raise ValueError(f"'pos' must have shape [num_nodes, "
                              f"{self.n_dims}] (got {list(pos.shape)})")
-        check_finite(pos, 'pos')
         if batch is None:
             batch = default_batch(pos.size(0), pos.device)
         check_batch_vector(batch, pos.size(0))
         num_graphs = int(batch[-1]) + 1 if batch.numel() > 0 else 0
         if num_graphs == 0:
             raise ValueError('The input holds no graphs')
+        check_finite_graphs(pos, batch, num_graphs, 'pos')
         sizes = graph_sizes(batch, num_graphs)
         if bool((sizes < 2).any()):
             small = torch.nonzero(sizes < 2).view(-1).tolist()
@@ -461,6 +458,7 @@ class ENFlow(torch.nn.Module):
                                  f"{self.node_channels} channels, but the "
                                  f"input graphs have none")
             check_node_matrix(h, pos.size(0), self.node_channels, 'h')
+            check_finite_graphs(h, batch, num_graphs, 'h')
         else:
             h = pos.new_zeros(pos.size(0), 0)
         dtype = self._dtype()
@@ -489,4 +487,15 @@ class ENFlow(torch.nn.Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(n_dims={self.n_dims}, '
                 f'node_channels={self.node_channels}, graph={self.graph}, '
-                f'solver={self.solver}, adjoint={self.adjoint})')
+                f'solver={self.eval_options.method}, adjoint={self.adjoint})')
+
+
+def _upgrade_state_dict(state_dict, prefix, *args) -> None:
+    r"""Loads checkpoints of torch-enf 0.1, which stored the dynamics twice
+    (as :obj:`dynamics.*` and :obj:`ode.dynamics.*`)."""
+    for key in list(state_dict):
+        if key.startswith(prefix + 'ode.dynamics.'):
+            del state_dict[key]
+        elif key.startswith(prefix + 'dynamics.'):
+            state_dict[prefix + 'vector_field.' + key[len(prefix):]] = \
+                state_dict.pop(key)

@@ -1,19 +1,29 @@
 r"""The E-NF molecule model: atom count, atom types, charges and positions."""
-from typing import Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from torch_enf.flows.actnorm import ActNorm
-from torch_enf.flows.dequantization import (UniformDequantizer,
-                                            VariationalDequantizer)
-from torch_enf.flows.enflow import ENFlow
+from torch_enf.flows.dequantization import DEQUANTIZERS, Dequantizer
+from torch_enf.flows.enflow import ENFlow, FlowInputs
 from torch_enf.flows.node_count import NodeCountDistribution
-from torch_enf.utils import check_batch_vector, default_batch, graph_sizes
+from torch_enf.utils import (center_pos, check_batch_vector, default_batch,
+                             graph_sizes)
 
 QM9_ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
-DEQUANTIZERS = ('uniform', 'variational')
+
+
+class _Transformed(NamedTuple):
+    pos: Tensor
+    h_flow: Tensor
+    batch: Tensor
+    num_graphs: int
+    sizes: Tensor
+    log_det: Tensor
+    log_q: Tensor
+    atom_class: Tensor
 
 
 class MoleculeFlow(torch.nn.Module):
@@ -54,9 +64,9 @@ class MoleculeFlow(torch.nn.Module):
         flow (ENFlow, optional): The flow on positions and features; its
             :obj:`node_channels` must equal the feature width. (default: an
             :class:`ENFlow` of :obj:`flow_kwargs`)
-        dequantizer (str or torch.nn.Module, optional): :obj:`"uniform"`,
-            :obj:`"variational"` or a dequantiser module.
-            (default: :obj:`"variational"`)
+        dequantizer (str or Dequantizer, optional): A name from
+            :obj:`DEQUANTIZERS` (:obj:`"uniform"`, :obj:`"variational"`) or a
+            :class:`Dequantizer`. (default: :obj:`"variational"`)
         atomic_numbers (sequence of int, optional): The atomic number of each
             one-hot class. (default: H, C, N, O, F = :obj:`(1, 6, 7, 8, 9)`)
         feature_scale (sequence of float, optional): :math:`\mathbf{a}`.
@@ -74,7 +84,7 @@ class MoleculeFlow(torch.nn.Module):
         self,
         node_count: NodeCountDistribution,
         flow: Optional[ENFlow] = None,
-        dequantizer: Union[str, torch.nn.Module] = 'variational',
+        dequantizer: Union[str, Dequantizer] = 'variational',
         atomic_numbers: Sequence[int] = QM9_ATOMIC_NUMBERS,
         feature_scale: Optional[Sequence[float]] = None,
         actnorm: bool = False,
@@ -89,11 +99,9 @@ class MoleculeFlow(torch.nn.Module):
         if isinstance(dequantizer, str):
             if dequantizer not in DEQUANTIZERS:
                 raise ValueError(f"Unknown dequantizer {dequantizer!r} "
-                                 f"(expected one of {DEQUANTIZERS} or a "
-                                 f"module)")
-            cls = UniformDequantizer if dequantizer == 'uniform' else \
-                VariationalDequantizer
-            dequantizer = cls(num_classes, 1)
+                                 f"(expected one of {sorted(DEQUANTIZERS)} "
+                                 f"or a Dequantizer module)")
+            dequantizer = DEQUANTIZERS[dequantizer](num_classes, 1)
         if getattr(dequantizer, 'num_classes', None) != num_classes:
             raise ValueError(f"The dequantizer must have {num_classes} "
                              f"classes, one per atomic number")
@@ -149,20 +157,36 @@ class MoleculeFlow(torch.nn.Module):
         Returns:
             torch.Tensor: Shape :obj:`[num_graphs]` (and the regulariser).
         """
-        pos, h, batch, num_graphs = self._read(data)
-        sizes = graph_sizes(batch, num_graphs)
-        h_cont, log_q = self.dequantizer(h, pos, batch)
-        h_flow, log_det = self._scale_features(h_cont, sizes)
-        if self.actnorm is not None:
-            pos, h_flow, actnorm_log_det = self.actnorm(pos, h_flow, batch)
-            log_det = log_det + actnorm_log_det
-        out = self.flow.log_prob(Data(pos=pos, h=h_flow, batch=batch),
+        x = self._transform(data)
+        out = self.flow.log_prob(Data(pos=x.pos, h=x.h_flow, batch=x.batch),
                                  trace=trace,
                                  return_regularization=return_regularization)
         flow_log_prob, reg = out if return_regularization else (out, None)
-        log_prob = self.node_count.log_prob(sizes).to(log_q.dtype) + \
-            flow_log_prob + log_det - log_q
+        log_prob = self.node_count.log_prob(x.sizes).to(x.log_q.dtype) + \
+            flow_log_prob + x.log_det - x.log_q
         return (log_prob, reg) if return_regularization else log_prob
+
+    def flow_inputs(self, data: Batch) -> FlowInputs:
+        r"""The state of the inner :class:`ENFlow` at :math:`t = 0` for
+        :obj:`data`: centred positions and the dequantised, scaled (and
+        ActNorm-ed) features, with the atom class of every node as
+        :obj:`node_type`. The dequantisation noise is drawn anew at every
+        call. Used by :class:`~torch_enf.objectives.FlowMatching`."""
+        x = self._transform(data)
+        return FlowInputs(center_pos(x.pos, x.batch, x.num_graphs), x.h_flow,
+                          x.batch, x.num_graphs, x.atom_class)
+
+    def velocity(self, t: Tensor, pos: Tensor, h: Tensor, batch: Tensor,
+                 num_graphs: int) -> Tuple[Tensor, Tensor]:
+        r"""The vector field of the inner flow, see
+        :meth:`ENFlow.velocity`."""
+        return self.flow.velocity(t, pos, h, batch, num_graphs)
+
+    def sample_base(self, batch: Tensor, num_graphs: int,
+                    generator: Optional[torch.Generator] = None
+                    ) -> Tuple[Tensor, Tensor]:
+        r"""Base samples of the inner flow, see :meth:`ENFlow.sample_base`."""
+        return self.flow.sample_base(batch, num_graphs, generator)
 
     @torch.no_grad()
     def initialize(self, data: Batch) -> None:
@@ -170,30 +194,38 @@ class MoleculeFlow(torch.nn.Module):
         training molecules, after dequantisation and feature scaling."""
         if self.actnorm is None:
             return
-        pos, h, batch, num_graphs = self._read(data)
-        h_cont, _ = self.dequantizer(h, pos, batch)
-        h_flow, _ = self._scale_features(h_cont,
-                                         graph_sizes(batch, num_graphs))
-        self.actnorm.initialize(pos, h_flow, batch)
+        x = self._transform(data, actnorm=False)
+        self.actnorm.initialize(x.pos, x.h_flow, x.batch)
 
     @torch.no_grad()
     def sample(self, num_samples: int,
-               generator: Optional[torch.Generator] = None) -> Batch:
+               generator: Optional[torch.Generator] = None,
+               batch_size: Optional[int] = None,
+               progress: bool = False) -> Batch:
         r"""Draws molecules: sizes from :math:`p(M)`, then positions and
         continuous features from the flow, quantised by the dequantiser's
         inverse.
+
+        Args:
+            num_samples (int): The number of molecules.
+            generator (torch.Generator, optional): Source of the noise.
+            batch_size (int, optional): Molecules per ODE solve (all at
+                once by default).
+            progress (bool, optional): Show a progress bar.
 
         Returns:
             torch_geometric.data.Batch: Molecules with :obj:`pos` (centred,
             Angstrom), discrete :obj:`h` :obj:`[N, F]` and :obj:`z`, the
             atomic number of the arg-max class.
         """
-        if num_samples < 1:
-            raise ValueError(f"'num_samples' must be positive (got "
-                             f"{num_samples})")
+        if isinstance(num_samples, bool) or \
+                not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"'num_samples' must be a positive integer "
+                             f"(got {num_samples!r})")
         device = self.feature_scale.device
         sizes = self.node_count.sample(num_samples, generator=generator)
-        latent = self.flow.sample(sizes.to(device), generator=generator)
+        latent = self.flow.sample(sizes.to(device), generator=generator,
+                                  batch_size=batch_size, progress=progress)
         pos, h_flow = latent.pos, latent.h
         if self.actnorm is not None:
             pos, h_flow = self.actnorm.inverse(pos, h_flow)
@@ -206,11 +238,22 @@ class MoleculeFlow(torch.nn.Module):
                                z.split(split))
         ])
 
-    def _scale_features(self, h_cont: Tensor, sizes: Tensor
-                        ) -> Tuple[Tensor, Tensor]:
+    def _transform(self, data: Batch, actnorm: bool = True) -> _Transformed:
+        r"""Dequantises, scales and (with :obj:`actnorm`) normalises the
+        molecules, with the log-determinant of the scalings and
+        :math:`\log q` per graph."""
+        pos, h, batch, num_graphs = self._read(data)
+        sizes = graph_sizes(batch, num_graphs)
+        h_cont, log_q = self.dequantizer(h, pos, batch)
         scale = self.feature_scale.to(h_cont.dtype)
+        h_flow = h_cont / scale
         log_det = -sizes.to(h_cont.dtype) * scale.log().sum()
-        return h_cont / scale, log_det
+        if actnorm and self.actnorm is not None:
+            pos, h_flow, actnorm_log_det = self.actnorm(pos, h_flow, batch)
+            log_det = log_det + actnorm_log_det
+        atom_class = h[:, :len(self.atomic_numbers)].argmax(dim=-1)
+        return _Transformed(pos, h_flow, batch, num_graphs, sizes, log_det,
+                            log_q, atom_class)
 
     def _read(self, data: Batch) -> Tuple[Tensor, Tensor, Tensor, int]:
         pos, h = getattr(data, 'pos', None), getattr(data, 'h', None)

@@ -206,7 +206,11 @@ class EGCL(MessagePassing):
         # proj_i is this layer's own gathered copy, so it can be updated in
         # place (neither backward needs its old value): two fewer per-edge
         # temporaries.
-        msg = self.act(proj_i.add_(proj_j).addmm_(edge_in, weight_edge))
+        # Under bf16 autocast the projections are bf16 while the distances
+        # stay float32: the in-place product takes the projections' dtype.
+        msg = proj_i.add_(proj_j)
+        msg = self.act(msg.addmm_(edge_in.to(msg.dtype),
+                                  weight_edge.to(msg.dtype)))
         msg = self.act(self.edge_lin2(msg))
         if self.inf_lin is not None:
             msg = msg * torch.sigmoid(self.inf_lin(msg))
