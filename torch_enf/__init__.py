@@ -4,6 +4,7 @@ import torch_enf.nn
 import torch_enf.flows
 import torch_enf.datasets
 import torch_enf.metrics
+import torch_enf.objectives
 
 __version__ = '0.1.0'
 

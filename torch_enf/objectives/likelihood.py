@@ -1,0 +1,49 @@
+r"""Maximum-likelihood training of the continuous flows."""
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torch_enf.objectives.base import Objective, register_objective
+
+
+@register_objective('ml')
+class MaximumLikelihood(Objective):
+    r"""Regularised maximum likelihood, as in the E-NF paper,
+
+    .. math::
+        \mathcal{L}_g = -\log p(G_g) + \lambda \int_0^1 \left(
+        \|f(\mathbf{z}(t), t)\|^2 + \|\boldsymbol{\epsilon}^\top
+        \partial f / \partial \mathbf{z}\|^2 \right) dt,
+
+    the negative log-likelihood of every graph (a flow's density, or a
+    molecule model's variational bound) from an ODE solve with Hutchinson's
+    trace, plus the kinetic-energy and Jacobian-Frobenius regulariser of
+    Finlay et al. (2020) weighted by :math:`\lambda`. Every step solves the
+    ODE forward and (adjoint) backward.
+
+    Args:
+        regularization_weight (float, optional): :math:`\lambda`.
+            (default: :obj:`0.0`)
+        trace (str, optional): :obj:`"hutchinson"` or :obj:`"exact"`.
+            (default: :obj:`"hutchinson"`)
+    """
+    options = ('regularization_weight', 'trace')
+
+    def __init__(self, regularization_weight: float = 0.0,
+                 trace: str = 'hutchinson'):
+        if not regularization_weight >= 0:
+            raise ValueError(f"'regularization_weight' must be non-negative "
+                             f"(got {regularization_weight!r})")
+        if trace not in ('hutchinson', 'exact'):
+            raise ValueError(f"'trace' must be 'hutchinson' or 'exact' (got "
+                             f"{trace!r})")
+        self.regularization_weight = float(regularization_weight)
+        self.trace = trace
+
+    def __call__(self, model: torch.nn.Module, data: Any) -> Tensor:
+        if self.regularization_weight == 0:
+            return -model(data, trace=self.trace)
+        log_prob, reg = model(data, trace=self.trace,
+                              return_regularization=True)
+        return -log_prob + self.regularization_weight * reg
