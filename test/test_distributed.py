@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from torch_enf.distributed import (DistributedContext, init_distributed,
-                                   shard_loader, shutdown, wrap_model)
+                                   shard_loader, shutdown)
 from torch_enf.flows import ENFlow, MoleculeFlow, NodeCountDistribution
-from torch_enf.training import train_epoch
+from torch_enf.objectives import FlowMatching, MaximumLikelihood
+from torch_enf.training import fit
 
 WORLD_SIZE = 2
 pytestmark = pytest.mark.skipif(not dist.is_available() or
@@ -43,49 +44,57 @@ def dataset(seed: int, molecules: bool):
     return data_list
 
 
-def build(molecules: bool) -> torch.nn.Module:
+CASES = {  # name: (molecules, dequantizer, objective)
+    'enflow-adjoint': (False, None, MaximumLikelihood(1e-3)),
+    'molecule-flow': (True, 'variational', MaximumLikelihood(1e-3)),
+    'enflow-flow-matching': (False, None, FlowMatching()),
+    'molecule-flow-matching': (True, 'uniform', FlowMatching()),
+}
+
+
+def build(case: str) -> torch.nn.Module:
+    molecules, dequantizer, _ = CASES[case]
     torch.manual_seed(0)
     if not molecules:
         return ENFlow(3, 0, hidden_channels=8, num_layers=1, adjoint=True,
                       rtol=1e-3, atol=1e-3)
     return MoleculeFlow(NodeCountDistribution.from_num_nodes([3, 4, 5]),
-                        dequantizer='variational', actnorm=True,
+                        dequantizer=dequantizer, actnorm=True,
                         hidden_channels=8, num_layers=1, rtol=1e-3,
                         atol=1e-3, adjoint=False)
 
 
-def worker(rank: int, port: int, folder: str, molecules: bool) -> None:
+def worker(rank: int, port: int, folder: str, case: str) -> None:
     os.environ.update(WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
                       LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     context = init_distributed('cpu')
     try:
-        model = build(molecules)
+        molecules, _, objective = CASES[case]
+        model = build(case)
         if rank == 1:  # DDP must broadcast rank 0's initial parameters
             with torch.no_grad():
                 for param in model.parameters():
                     param.add_(1e-2)
-        wrapped = wrap_model(model, context)
-        torch.manual_seed(100 + rank)  # different Hutchinson probes
+        torch.manual_seed(100 + rank)  # different probes and base samples
         # The shards of one dataset differ, and each rank's dataset differs
         # as well, so only averaged gradients keep the ranks in step.
         loader = shard_loader(dataset(rank, molecules), 2, context)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        train_epoch(wrapped, loader, optimizer, [], 1e-3, progress=False)
+        fit(model, objective, loader, os.path.join(folder, 'run'), epochs=1,
+            lr=1e-2, context=context, progress=False, log=lambda line: None)
         torch.save({k: v.detach() for k, v in model.state_dict().items()},
                    os.path.join(folder, f'rank{rank}.pt'))
     finally:
         shutdown(context)
 
 
-@pytest.mark.parametrize('molecules', [False, True],
-                         ids=['enflow-adjoint', 'molecule-flow'])
-def test_ranks_stay_in_step(tmp_path, molecules):
-    mp.spawn(worker, args=(free_port(), str(tmp_path), molecules),
+@pytest.mark.parametrize('case', list(CASES))
+def test_ranks_stay_in_step(tmp_path, case):
+    mp.spawn(worker, args=(free_port(), str(tmp_path), case),
              nprocs=WORLD_SIZE, join=True)
     states = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
-    initial = build(molecules).state_dict()
+    initial = build(case).state_dict()
     changed = 0
     for name, value in states[0].items():
         torch.testing.assert_close(states[1][name], value, rtol=0,

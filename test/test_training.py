@@ -1,13 +1,15 @@
-r"""The book-keeping of the training scripts: atomic checkpoints, keeping
-the best model, resumable state, adaptive clipping and the time budget."""
+r"""The training driver: atomic checkpoints, model selection, bit-identical
+resume that refuses changed options, moving averages, adaptive clipping and
+the time budget."""
 import json
 import os
 
 import pytest
 import torch
 
-from torch_enf.training import (atomic_save, clip_gradients, finish_epoch,
-                                out_of_time, train_epoch)
+from torch_enf.training import (ExponentialMovingAverage, atomic_save,
+                                clip_gradients, fit, load_checkpoint,
+                                out_of_time)
 
 
 class Unpicklable:
@@ -31,32 +33,6 @@ def test_atomic_save_json(tmp_path):
         assert json.load(f) == {'test_nll': 8.1}
 
 
-def test_finish_epoch_keeps_best_model_and_resumable_state(tmp_path):
-    model = torch.nn.Linear(2, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    state = dict(epoch=0, history=[], best_valid=float('inf'),
-                 best_epoch=None)
-    weights = {}
-    for epoch, valid in [(1, 5.0), (2, None), (3, 3.0), (4, 4.0)]:
-        with torch.no_grad():
-            model.weight.fill_(epoch)
-        weights[epoch] = model.weight.clone()
-        record = dict(epoch=epoch, train_nll=1.0)
-        if valid is not None:
-            record['valid_nll'] = valid
-        finish_epoch(state, record, model, optimizer, str(tmp_path),
-                     rng=torch.get_rng_state())
-
-    assert state['best_epoch'] == 3 and state['best_valid'] == 3.0
-    best = torch.load(tmp_path / 'best.pt')
-    assert torch.equal(best['weight'], weights[3])
-    ckpt = torch.load(tmp_path / 'checkpoint.pt', weights_only=False)
-    assert ckpt['state']['epoch'] == 4
-    assert [h['epoch'] for h in ckpt['state']['history']] == [1, 2, 3, 4]
-    assert torch.equal(ckpt['model']['weight'], weights[4])
-    assert torch.equal(ckpt['rng'], torch.get_rng_state())
-
-
 def test_clip_gradients_limits_outliers():
     parameter = torch.nn.Parameter(torch.zeros(4))
     history = []
@@ -77,31 +53,108 @@ def test_out_of_time():
     assert out_of_time(1800.0, 0.5)
 
 
-class CountingModel(torch.nn.Module):
-    r"""Stands in for a flow: returns a per-graph log-likelihood and
-    regulariser from one parameter and counts its calls."""
-    def __init__(self):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(1))
-        self.calls = 0
+class Quadratic:
+    r"""A stand-in objective: per-sample loss |w * x - 1|^2 of a linear
+    model, whose random batches come from PyTorch's global generator."""
+    def config(self):
+        return dict(name='quadratic')
 
-    def forward(self, batch, trace, return_regularization):
-        self.calls += 1
-        log_prob = -(self.weight * batch).pow(2).sum(-1)
-        return log_prob, torch.zeros_like(log_prob)
+    def __call__(self, model, batch):
+        return (model(batch) - 1).pow(2).sum(-1)
 
 
-def test_train_epoch_stops_when_asked():
-    model = CountingModel()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loader = [torch.randn(4, 3) for _ in range(10)]
-    nll = train_epoch(model, loader, optimizer, [], progress=False,
-                      stop=lambda: model.calls >= 3)
-    assert model.calls == 3
-    assert float(model.weight) < 1.0  # the steps were taken
-    assert nll > 0
+def data():
+    generator = torch.Generator().manual_seed(3)
+    return [torch.randn(4, 3, generator=generator) for _ in range(6)]
 
-    model = CountingModel()
-    train_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.01),
-                [], progress=False)
-    assert model.calls == len(loader)  # no stop: the whole epoch
+
+def run_fit(tmp_path, epochs, **kwargs):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    loader = torch.utils.data.DataLoader(data(), batch_size=2, shuffle=True)
+    kwargs.setdefault('validate', lambda m: float(m.weight.detach().abs()
+                                                  .sum()))
+    kwargs.setdefault('lr', 1e-2)
+    state = fit(model, Quadratic(), loader, str(tmp_path), epochs=epochs,
+                progress=False, log=lambda line: None, **kwargs)
+    return model, state
+
+
+def test_fit_keeps_best_model_and_resumes_bit_identically(tmp_path):
+    straight, state = run_fit(tmp_path / 'a', 4, config=dict(hidden=8))
+    assert state.epoch == 4 and state.step == 12
+    assert [h['epoch'] for h in state.history] == [1, 2, 3, 4]
+    best = min(state.history, key=lambda h: h['valid'])
+    assert state.best_epoch == best['epoch']
+    assert state.best_valid == best['valid']
+
+    run_fit(tmp_path / 'b', 2, config=dict(hidden=8))
+    resumed, state = run_fit(tmp_path / 'b', 4, config=dict(hidden=8),
+                             resume=True)
+    assert state.epoch == 4 and len(state.history) == 4
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    checkpoint = load_checkpoint(str(tmp_path / 'b' / 'checkpoint.pt'))
+    assert checkpoint['config'] == dict(hidden=8)
+    assert checkpoint['objective'] == dict(name='quadratic')
+    assert sorted(os.listdir(tmp_path / 'b')) == [
+        'best.pt', 'checkpoint.pt', 'curves.png', 'history.json']
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    run_fit(tmp_path, 1, config=dict(hidden=8, lr=0.1))
+    with pytest.raises(ValueError, match=r'hidden: checkpoint 8, now 16'):
+        run_fit(tmp_path, 2, config=dict(hidden=16, lr=0.1), resume=True)
+    with pytest.raises(ValueError, match='moving average'):
+        run_fit(tmp_path, 2, config=dict(hidden=8, lr=0.1), resume=True,
+                ema_decay=0.9)
+
+
+def test_checkpoints_of_another_kind_are_refused(tmp_path):
+    path = str(tmp_path / 'checkpoint.pt')
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)  # plain weights
+    with pytest.raises(ValueError, match='not a training checkpoint'):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match='not a training checkpoint'):
+        run_fit(tmp_path, 1, resume=True)
+
+
+def test_fit_time_budget_stops_inside_the_epoch(tmp_path):
+    model, state = run_fit(tmp_path, 10, time_budget=1e-9)
+    assert state.stopped_by_budget
+    assert state.epoch == 1 and state.step == 1  # stopped after one step
+    assert 'valid' in state.history[-1]  # the last epoch is validated
+
+
+def test_fit_rejects_bad_options(tmp_path):
+    for kwargs in (dict(epochs=0), dict(lr=-1.0), dict(ema_decay=1.0),
+                   dict(clip='huge'), dict(time_budget=0.0)):
+        kwargs.setdefault('epochs', 1)
+        epochs = kwargs.pop('epochs')
+        with pytest.raises(ValueError):
+            run_fit(tmp_path, epochs, **kwargs)
+    assert not os.path.exists(tmp_path / 'checkpoint.pt')
+
+
+def test_moving_average_is_validated_and_saved(tmp_path):
+    model, state = run_fit(tmp_path, 3, ema_decay=0.5, validate=None)
+    best = torch.load(tmp_path / 'best.pt')
+    assert not torch.equal(best['weight'], model.weight.detach())
+    checkpoint = load_checkpoint(str(tmp_path / 'checkpoint.pt'))
+    assert torch.equal(checkpoint['ema']['model']['weight'], best['weight'])
+
+
+def test_exponential_moving_average_formula():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = ExponentialMovingAverage(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # warm-up decay min(0.9, 2 / 11)
+    assert float(ema.model.weight) == pytest.approx(1 - 2 / 11)
+    for _ in range(200):
+        ema.update(model)
+    assert float(ema.model.weight) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError):
+        ExponentialMovingAverage(model, decay=1.5)

@@ -110,31 +110,17 @@ def shard_loader(dataset: Dataset, batch_size: int,
                       drop_last=drop_last)
 
 
-class LogProbModule(torch.nn.Module):
-    r"""Exposes :obj:`model.log_prob` as :obj:`forward`, so that
-    :class:`~torch.nn.parallel.DistributedDataParallel` (which hooks into
-    :obj:`forward`) can wrap a model such as
-    :class:`~torch_enf.flows.ENFlow`."""
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args, **kwargs):
-        return self.model.log_prob(*args, **kwargs)
-
-
-def wrap_model(model: torch.nn.Module, context: DistributedContext
+def wrap_model(module: torch.nn.Module, context: DistributedContext
                ) -> torch.nn.Module:
-    r"""Returns a callable :obj:`wrapped(batch, **kwargs) ->
-    model.log_prob(batch, **kwargs)`: the model in
-    :class:`~torch.nn.parallel.DistributedDataParallel` when distributed
-    (parameters broadcast from rank 0), plainly otherwise.
+    r"""The module in :class:`~torch.nn.parallel.DistributedDataParallel`
+    when distributed (parameters broadcast from rank 0), as it is otherwise.
+    DDP hooks into :obj:`forward`, so the module's forward must run the
+    whole loss (see :func:`torch_enf.training.fit`).
 
-    :obj:`find_unused_parameters` is on: when back-propagating through the
-    solver, the last EGNN layer's unread outputs (its coordinate head in the
-    dequantiser's posterior, its feature head in a positions-only flow)
-    receive no gradient, and DDP would otherwise wait for them forever."""
-    module = LogProbModule(model)
+    :obj:`find_unused_parameters` is on: parts of a model may get no
+    gradient from an objective (the last EGNN layer's unread outputs when
+    back-propagating through the solver; the data-side ActNorm under flow
+    matching), and DDP would otherwise wait for them forever."""
     if not context.distributed:
         return module
     device_ids: Optional[list] = [context.device.index] \

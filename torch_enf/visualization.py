@@ -1,11 +1,15 @@
-r"""Pictures of 3D molecules (needs :obj:`matplotlib`, imported lazily)."""
+r"""Pictures of 3D molecules and of sample statistics (needs
+:obj:`matplotlib`, imported lazily)."""
 import math
 from typing import Optional, Sequence
 
+import torch
+from torch import Tensor
 from torch_geometric.data import Batch
 
 from torch_enf.io import atomic_path
 from torch_enf.metrics.bonds import infer_bonds
+from torch_enf.metrics.particles import SampleComparison
 
 ELEMENT_STYLE = {  # atomic number: (symbol, colour, marker size)
     1: ('H', '#d9d9d9', 40),
@@ -36,13 +40,7 @@ def plot_molecule_grid(data, path: str, ncols: int = 4,
         panel_size (float, optional): Panel edge in inches.
         dpi (int, optional): Resolution.
     """
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("Plotting needs matplotlib: pip install "
-                          "torch-enf[plot]") from error
+    plt = _pyplot()
     batch = data if isinstance(data, Batch) else Batch.from_data_list([data])
     if titles is not None and len(titles) != batch.num_graphs:
         raise ValueError(f"Got {len(titles)} titles for {batch.num_graphs} "
@@ -58,6 +56,67 @@ def plot_molecule_grid(data, path: str, ncols: int = 4,
         _draw_molecule(axes, batch, g, bonds)
         axes.set_title(titles[g] if titles is not None else
                        _default_title(batch, g), fontsize=9)
+    _save(figure, path, dpi)
+
+
+def plot_sample_comparison(comparison: SampleComparison, path: str,
+                           title: str = '',
+                           points: Optional[Tensor] = None,
+                           dpi: int = 120) -> None:
+    r"""Histograms of the interatomic distances (and energies) of samples
+    against reference data, from :func:`~torch_enf.metrics.compare_samples`;
+    with :obj:`points` (2D configurations :obj:`[S, M, 2]`) also a scatter
+    of the first particle against the others.
+
+    Args:
+        comparison (SampleComparison): The distances and energies.
+        path (str): Output image; written atomically.
+        title (str, optional): Figure title.
+        points (torch.Tensor, optional): Sampled 2D configurations.
+        dpi (int, optional): Resolution.
+    """
+    plt = _pyplot()
+    panels = [('interatomic distance', comparison.dist_data,
+               comparison.dist_samples, comparison.dist_range)]
+    if comparison.energy_samples is not None:
+        finite = torch.isfinite(comparison.energy_samples)
+        panels.append(('energy', comparison.energy_data,
+                       comparison.energy_samples[finite],
+                       comparison.energy_range))
+    num = len(panels) + int(points is not None)
+    figure, axes = plt.subplots(1, num, figsize=(4.2 * num, 3.5),
+                                squeeze=False)
+    for ax, (label, data, samples, limits) in zip(axes[0], panels):
+        for values, name in ((data, 'data'), (samples, 'samples')):
+            ax.hist(values.numpy(), comparison.bins, range=limits,
+                    density=True, alpha=0.5, label=name)
+        ax.set_xlabel(label)
+        ax.legend()
+    if points is not None:
+        ax = axes[0, -1]
+        shown = points[:300].detach().cpu()
+        ax.scatter(*shown[:, 0].t().numpy(), s=4, label='particle 1')
+        ax.scatter(*shown[:, 1:].reshape(-1, 2).t().numpy(), s=2, alpha=0.5,
+                   label='other particles')
+        ax.set_aspect('equal')
+        ax.legend(fontsize=7)
+    figure.suptitle(title)
+    _save(figure, path, dpi)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("Plotting needs matplotlib: pip install "
+                          "torch-enf[plot]") from error
+    return plt
+
+
+def _save(figure, path: str, dpi: int) -> None:
+    import matplotlib.pyplot as plt
     figure.tight_layout()
     suffix = path.rsplit('.', 1)[-1] if '.' in path else 'png'
     with atomic_path(path) as tmp:
