@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from torch_enf.flows import (CenteredGaussian, EGNNDynamics, ENFlow,
+from torch_enf.flows import (ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS,
+                             CenteredGaussian, EGNNDynamics, ENFlow,
                              ODESolveError)
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import center_pos
@@ -310,3 +311,76 @@ def test_adjoint_gradients_reach_inputs_that_require_grad(generator):
         grads.append(scale.grad)
     assert grads[0].abs() > 1e-3
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_solver_options_are_checked_at_construction():
+    with pytest.raises(ValueError, match="'euler' needs 'num_steps'"):
+        ENFlow(2, solver='euler')
+    with pytest.raises(ValueError, match="Unknown ODE solver 'rk5'"):
+        ENFlow(2, solver='rk5')
+    for kwargs in (dict(rtol=0.0), dict(eval_atol=-1e-5),
+                   dict(solver='rk4', num_steps=0),
+                   dict(solver='rk4', num_steps=2.5)):
+        with pytest.raises(ValueError):
+            ENFlow(2, **kwargs)
+    assert set(ADAPTIVE_SOLVERS) >= {'dopri5', 'bosh3'}
+    assert set(FIXED_STEP_SOLVERS) >= {'euler', 'midpoint', 'rk4'}
+    assert not set(ADAPTIVE_SOLVERS) & set(FIXED_STEP_SOLVERS)
+
+
+@pytest.mark.parametrize('method,stages', [('euler', 1), ('midpoint', 2),
+                                           ('rk4', 4)])
+def test_fixed_step_solvers_take_num_steps(generator, method, stages):
+    pos, _, batch = mixed_batch([3, 4], 2, generator)
+    data = as_batch(pos, None, batch, 0)
+    flow = make_flow(2).eval()
+    exact = flow.log_prob(data)
+    with flow.ode_options(method=method, num_steps=40):
+        approx = flow.log_prob(data)
+        assert flow.num_evals == 40 * stages
+    assert flow.eval_options.method == 'dopri5'  # restored after the block
+    torch.testing.assert_close(approx, exact, rtol=0, atol=5e-2)
+    with pytest.raises(ValueError, match='num_steps'):
+        with flow.ode_options(method='rk4'):
+            pass
+
+
+def test_forward_is_log_prob(generator):
+    pos, _, batch = mixed_batch([3, 4], 2, generator)
+    data = as_batch(pos, None, batch, 0)
+    flow = make_flow(2).eval()
+    torch.testing.assert_close(flow(data), flow.log_prob(data))
+
+
+def test_state_dict_holds_the_dynamics_once_and_old_checkpoints_load():
+    flow = make_flow(2)
+    keys = list(flow.state_dict())
+    assert all(key.startswith('vector_field.dynamics.') for key in keys)
+    # torch-enf 0.1 stored 'dynamics.*' and a duplicate 'ode.dynamics.*'.
+    old = {}
+    for key, value in flow.state_dict().items():
+        short = key[len('vector_field.'):]
+        old[short] = value + 1
+        old['ode.' + short] = value + 1
+    fresh = make_flow(2)
+    fresh.load_state_dict(old)
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, flow.state_dict()[key] + 1)
+
+
+def test_per_node_time_equals_scalar_time(generator):
+    pos, h, batch = mixed_batch([3, 5], 3, generator, 2)
+    flow = make_flow(3, 2)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    v_scalar = flow.velocity(t, pos, h, batch, 2)
+    v_nodes = flow.velocity(t.expand(8), pos, h, batch, 2)
+    for a, b in zip(v_scalar, v_nodes):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(center_pos(v_scalar[0], batch), v_scalar[0])
+
+
+def test_sampling_in_chunks(generator):
+    flow = make_flow(2).eval()
+    samples = flow.sample([3, 4, 5, 3, 6], batch_size=2)
+    assert samples.num_graphs == 5
+    assert samples.ptr.diff().tolist() == [3, 4, 5, 3, 6]

@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
-from test.conftest import (mixed_batch, permutation_within_graphs,
-                           random_orthogonal)
 from torch_enf.flows import (DEQUANTIZERS, Dequantizer, ENFlow, MoleculeFlow,
                              NodeCountDistribution, UniformDequantizer,
                              register_dequantizer)
@@ -19,6 +17,8 @@ from torch_enf.objectives import (OBJECTIVES, FlowMatching, MaximumLikelihood,
                                   optimal_permutation, register_objective,
                                   transport_cost)
 from torch_enf.utils import center_pos
+
+from .conftest import mixed_batch, permutation_within_graphs, random_orthogonal
 
 
 def centred_batch(sizes, n_dims, generator, channels=0):
