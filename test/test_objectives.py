@@ -160,7 +160,8 @@ def fm_loss(flow, pos, batch, h=None, seed=7, **kwargs):
 
 
 @pytest.mark.parametrize('kwargs', [dict(), dict(align=False),
-                                    dict(sigma=0.1, minibatch_ot=True)])
+                                    dict(sigma=0.1, minibatch_ot=True,
+                                         time_exponent=2.0)])
 def test_flow_matching_is_translation_invariant_and_reproducible(
         generator, kwargs):
     flow = small_flow(3, 2)
@@ -286,7 +287,8 @@ def test_flow_matching_rejects_bad_input(generator):
                 torch.zeros(11, 3, dtype=pos.dtype))
     with pytest.raises(TypeError, match='flow_inputs'):
         FlowMatching()(torch.nn.Linear(2, 2), Data(pos=pos))
-    for kwargs in (dict(sigma=-1.0), dict(align_iterations=0)):
+    for kwargs in (dict(sigma=-1.0), dict(align_iterations=0),
+                   dict(time_exponent=0.0)):
         with pytest.raises(ValueError):
             FlowMatching(**kwargs)
 
@@ -314,7 +316,8 @@ def test_objective_registry():
     assert OBJECTIVES['ml'] is MaximumLikelihood
     objective = objective_from_name('fm', sigma=0.1)
     assert objective.config() == dict(name='fm', sigma=0.1, align=True,
-                                      align_iterations=3, minibatch_ot=False)
+                                      align_iterations=3, minibatch_ot=False,
+                                      time_exponent=1.0)
     assert 'FlowMatching(sigma=0.1' in repr(objective)
     with pytest.raises(ValueError, match="Unknown objective 'kl'"):
         objective_from_name('kl')
@@ -355,3 +358,21 @@ def test_dequantizer_registry():
     with pytest.raises(ValueError, match="Unknown dequantizer 'gumbel'"):
         MoleculeFlow(NodeCountDistribution.from_num_nodes([3]),
                      dequantizer='gumbel')
+
+
+def test_time_exponent_moves_the_times_towards_the_data(generator,
+                                                        monkeypatch):
+    flow = small_flow(2, 0)
+    pos, _, batch = mixed_batch([3] * 2000, 2, generator)
+    seen = {}
+
+    def velocity(t, pos, h, batch, num_graphs):
+        seen['t'] = t
+        return torch.zeros_like(pos), torch.zeros_like(h)
+
+    monkeypatch.setattr(flow, 'velocity', velocity)
+    for exponent in (1.0, 3.0):
+        fm_loss(flow, pos, batch, align=False, time_exponent=exponent)
+        # E[u^k] = 1 / (k + 1) for u ~ U[0, 1]
+        assert float(seen['t'].mean()) == pytest.approx(1 / (exponent + 1),
+                                                        abs=0.02)

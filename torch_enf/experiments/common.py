@@ -47,6 +47,9 @@ def add_training_arguments(parser: argparse.ArgumentParser,
                    help='fm: no equivariant OT alignment of base samples')
     p.add_argument('--minibatch-ot', action='store_true',
                    help='fm: also exchange base samples between graphs')
+    p.add_argument('--time-exponent', type=float, default=1.0,
+                   help='fm: times t = u^k, u uniform; k > 1 trains more '
+                   'near the data')
     p.add_argument('--ode-reg', type=float, default=0.0,
                    help='ml: weight of the kinetic + Jacobian regulariser')
     p.add_argument('--tol', type=float, default=1e-4,
@@ -125,6 +128,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.bf16 and args.objective != 'fm':
         raise ValueError('--bf16 is for flow matching (ODE solves stay in '
                          'float32)')
+    if not args.time_exponent > 0:
+        raise ValueError(f'--time-exponent must be positive (got '
+                         f'{args.time_exponent})')
     if args.sigma < 0 or args.ode_reg < 0:
         raise ValueError('--sigma and --ode-reg must be non-negative')
     sampling_options(args)  # checks the sampling solver
@@ -166,7 +172,8 @@ def build_objective(args: argparse.Namespace) -> Objective:
     if args.objective == 'fm':
         return objective_from_name('fm', sigma=args.sigma,
                                    align=not args.no_align,
-                                   minibatch_ot=args.minibatch_ot)
+                                   minibatch_ot=args.minibatch_ot,
+                                   time_exponent=args.time_exponent)
     return objective_from_name(args.objective,
                                regularization_weight=args.ode_reg)
 
