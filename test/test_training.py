@@ -2,6 +2,7 @@ r"""The training driver: atomic checkpoints, model selection, bit-identical
 resume that refuses changed options, moving averages, adaptive clipping and
 the time budget."""
 import json
+import math
 import os
 
 import pytest
@@ -158,3 +159,21 @@ def test_exponential_moving_average_formula():
     assert float(ema.model.weight) == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError):
         ExponentialMovingAverage(model, decay=1.5)
+
+
+def test_cosine_schedule_decays_to_one_percent(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(data(), batch_size=2)
+    fit(model, Quadratic(), loader, str(tmp_path), epochs=4, lr=0.1,
+        optimizer=optimizer, lr_schedule='cosine', progress=False,
+        log=lambda line: None)
+    total = 4 * len(loader)
+    progress = (total - 1) / total  # the last step's progress
+    expected = 0.1 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(expected)
+    assert expected < 0.003  # from 0.1 down towards 0.001
+    with pytest.raises(ValueError, match='lr_schedule'):
+        fit(model, Quadratic(), loader, str(tmp_path), epochs=1,
+            lr_schedule='linear')

@@ -5,6 +5,7 @@ resumable checkpoints, a time budget, adaptive gradient clipping, data
 parallelism under :obj:`torchrun`, progress bars and learning curves."""
 import copy
 import json
+import math
 import os
 import os.path as osp
 import tempfile
@@ -21,6 +22,8 @@ from torch_enf.distributed import (DistributedContext, barrier,
 
 CHECKPOINT_FORMAT = 'torch-enf-checkpoint'
 r"""The :obj:`format` entry of the checkpoints that :func:`fit` writes."""
+
+LR_SCHEDULES = ('constant', 'cosine')
 
 CHECKPOINT_EVERY_S = 60.0
 r"""Short epochs are checkpointed when validated, at the end, and otherwise
@@ -216,6 +219,7 @@ def fit(
     lr: float = 5e-4,
     optimizer: Optional[torch.optim.Optimizer] = None,
     ema_decay: Optional[float] = None,
+    lr_schedule: str = 'constant',
     clip: Union[str, float, None] = 'adaptive',
     autocast: Optional[torch.dtype] = None,
     time_budget: Optional[float] = None,
@@ -260,6 +264,11 @@ def fit(
         optimizer (torch.optim.Optimizer, optional): Replaces the default.
         ema_decay (float, optional): Keep an :class:`ExponentialMovingAverage`
             and validate and save it instead of the raw weights.
+        lr_schedule (str, optional): :obj:`"constant"` or :obj:`"cosine"`:
+            :math:`\eta_k = \eta\,(0.01 + 0.99 \cdot \frac{1}{2}(1 +
+            \cos \pi p_k))`, where the progress :math:`p_k` is the larger of
+            the fraction of all epochs' steps done and the fraction of the
+            time budget used. (default: :obj:`"constant"`)
         clip (str or float, optional): :obj:`"adaptive"`
             (:func:`clip_gradients`), a fixed maximal gradient norm, or
             :obj:`None`. (default: :obj:`"adaptive"`)
@@ -285,7 +294,8 @@ def fit(
         FitState: The final state; the evaluated model of the last epoch is
         in memory, the best one in :obj:`out/best.pt`.
     """
-    _check_fit_options(epochs, eval_every, lr, ema_decay, clip, time_budget)
+    _check_fit_options(epochs, eval_every, lr, ema_decay, clip, time_budget,
+                       lr_schedule)
     context = context or DistributedContext(0, 1, next(
         model.parameters()).device)
     config = dict(config or {})
@@ -302,8 +312,22 @@ def fit(
         log(f'Resuming {out} after epoch {state.epoch}')
     elif context.is_main:
         os.makedirs(out, exist_ok=True)
-    loss_module = wrap_model(_ObjectiveLoss(model, objective), context)
     start = time.time() - state.wall_clock_s
+    total_steps = epochs * len(train_loader) \
+        if hasattr(train_loader, '__len__') else None
+
+    def learning_rate() -> float:
+        if lr_schedule == 'constant':
+            return lr
+        done = [state.step / total_steps] if total_steps else [0.0]
+        if time_budget is not None:
+            done.append((time.time() - start) / (3600.0 * time_budget))
+        progress = min(max(done), 1.0)
+        return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    step = _Step(wrap_model(_ObjectiveLoss(model, objective), context),
+                 model, optimizer, ema, clip, autocast, context.device,
+                 learning_rate)
 
     def budget_used() -> bool:  # every rank must agree: combine the clocks
         return time_budget is not None and mean_over_processes(
@@ -314,10 +338,9 @@ def fit(
         sampler = getattr(train_loader, 'sampler', None)
         if hasattr(sampler, 'set_epoch'):
             sampler.set_epoch(epoch)
-        train_loss = _train_epoch(loss_module, model, train_loader, optimizer,
-                                  ema, clip, autocast, state, context,
-                                  f'epoch {epoch}/{epochs}', progress,
-                                  budget_used)
+        train_loss = _train_epoch(step, train_loader, state,
+                                  f'epoch {epoch}/{epochs}',
+                                  progress and context.is_main, budget_used)
         state.stopped_by_budget = budget_used()
         last = epoch == epochs or state.stopped_by_budget
         record = dict(epoch=epoch, step=state.step,
@@ -348,7 +371,7 @@ def fit(
 
 def _check_fit_options(epochs: int, eval_every: int, lr: float,
                        ema_decay: Optional[float], clip: Any,
-                       time_budget: Optional[float]) -> None:
+                       time_budget: Optional[float], lr_schedule: str) -> None:
     for name, value in (('epochs', epochs), ('eval_every', eval_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"'{name}' must be a positive integer (got "
@@ -365,34 +388,51 @@ def _check_fit_options(epochs: int, eval_every: int, lr: float,
     if time_budget is not None and not time_budget > 0:
         raise ValueError(f"'time_budget' must be a positive number of hours "
                          f"(got {time_budget!r})")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"'lr_schedule' must be one of {LR_SCHEDULES} (got "
+                         f"{lr_schedule!r})")
 
 
-def _train_epoch(loss_module: torch.nn.Module, model: torch.nn.Module,
-                 loader: Iterable, optimizer: torch.optim.Optimizer,
-                 ema: Optional[ExponentialMovingAverage], clip: Any,
-                 autocast: Optional[torch.dtype], state: FitState,
-                 context: DistributedContext, desc: str, progress: bool,
-                 stop: Callable[[], bool]) -> float:
-    model.train()
-    total, count = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False,
-               disable=not (progress and context.is_main))
-    for batch in bar:
-        batch = batch.to(context.device)
-        with torch.autocast(context.device.type, dtype=autocast,
-                            enabled=autocast is not None):
-            loss = loss_module(batch).float().mean()
-        optimizer.zero_grad()
+@dataclass
+class _Step:
+    r"""One optimisation step: loss (under autocast), backward, clipping,
+    learning rate, update and moving average."""
+    loss_module: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: Optional[ExponentialMovingAverage]
+    clip: Any
+    autocast: Optional[torch.dtype]
+    device: torch.device
+    learning_rate: Callable[[], float]
+
+    def __call__(self, batch: Any, state: FitState) -> float:
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast,
+                            enabled=self.autocast is not None):
+            loss = self.loss_module(batch).float().mean()
+        self.optimizer.zero_grad()
         loss.backward()
-        if clip == 'adaptive':
-            clip_gradients(model.parameters(), state.grad_norms)
-        elif clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update(model)
+        if self.clip == 'adaptive':
+            clip_gradients(self.model.parameters(), state.grad_norms)
+        elif self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        for group in self.optimizer.param_groups:
+            group['lr'] = self.learning_rate()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         state.step += 1
-        total += float(loss.detach())
+        return float(loss.detach())
+
+
+def _train_epoch(step: _Step, loader: Iterable, state: FitState, desc: str,
+                 progress: bool, stop: Callable[[], bool]) -> float:
+    step.model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    for batch in bar:
+        total += step(batch, state)
         count += 1
         bar.set_postfix(loss=f'{total / count:.4g}')
         if stop():

@@ -36,6 +36,10 @@ def add_training_arguments(parser: argparse.ArgumentParser,
     p.add_argument('--epochs', type=int, default=100)
     p.add_argument('--batch-size', type=int, default=100)
     p.add_argument('--lr', type=float, default=lr)
+    p.add_argument('--lr-schedule', choices=['constant', 'cosine'],
+                   default='constant',
+                   help='cosine: decay to 1%% of --lr over the epochs or the '
+                   'time budget, whichever ends first')
     p.add_argument('--hidden', type=int, default=64)
     p.add_argument('--layers', type=int, default=6)
     p.add_argument('--ema', type=float, default=None,
@@ -193,7 +197,7 @@ def train(model: torch.nn.Module, args: argparse.Namespace,
     state = fit(model, build_objective(args), train_loader, out,
                 epochs=args.epochs, validate=validate,
                 eval_every=args.eval_every or max(1, args.epochs // 20),
-                lr=args.lr, ema_decay=args.ema,
+                lr=args.lr, lr_schedule=args.lr_schedule, ema_decay=args.ema,
                 autocast=torch.bfloat16 if args.bf16 else None,
                 time_budget=args.time_budget, resume=args.resume,
                 config=run_config(args), context=context,
