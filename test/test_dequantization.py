@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch_enf.flows import ActNorm, UniformDequantizer, VariationalDequantizer
+from torch_enf.flows import (ActNorm, ArgmaxDequantizer, UniformDequantizer,
+                             VariationalDequantizer)
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import center_pos
 
@@ -35,7 +36,8 @@ def variational(**kwargs):
     return deq
 
 
-@pytest.mark.parametrize('make', [UniformDequantizer, variational])
+@pytest.mark.parametrize('make', [UniformDequantizer, variational,
+                                  ArgmaxDequantizer])
 def test_round_trip_is_exact(make, generator):
     deq = make()
     h, pos, batch = discrete_features([3, 5, 4], generator)
@@ -85,6 +87,18 @@ def test_variational_log_q_matches_direct_density(generator):
 
 
 @torch.no_grad()
+def test_argmax_dequantizer_is_a_fixed_untrained_posterior(generator):
+    fixed = ArgmaxDequantizer().double()
+    untrained = VariationalDequantizer(hidden_channels=8).double()
+    assert not fixed.trainable and untrained.trainable
+    assert list(fixed.parameters()) == []
+    h, pos, batch = discrete_features([3, 5], generator)
+    noise = torch.randn(h.shape, generator=generator, dtype=h.dtype)
+    for a, b in zip(fixed(h, pos, batch, noise=noise),
+                    untrained(h, pos, batch, noise=noise)):
+        torch.testing.assert_close(a, b)
+
+
 def test_variational_log_q_integrates_to_one():
     r"""Two classes, no integer column, a constant posterior: q is a density
     on the half-plane v_0 > v_1 (true class 0), so it integrates to one."""

@@ -7,7 +7,8 @@ from .integrator import (ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, ODESolveError,
 from .vector_field import VectorField
 from .enflow import ENFlow, FlowInputs, FlowResult
 from .node_count import NodeCountDistribution
-from .dequantization import (DEQUANTIZERS, Dequantizer, UniformDequantizer,
+from .dequantization import (DEQUANTIZERS, ArgmaxDequantizer, Dequantizer,
+                             ThresholdDequantizer, UniformDequantizer,
                              VariationalDequantizer, register_dequantizer)
 from .actnorm import ActNorm
 from .molecule import MoleculeFlow
@@ -31,6 +32,8 @@ __all__ = [
     'DEQUANTIZERS',
     'register_dequantizer',
     'UniformDequantizer',
+    'ThresholdDequantizer',
+    'ArgmaxDequantizer',
     'VariationalDequantizer',
     'ActNorm',
     'MoleculeFlow',

@@ -158,20 +158,13 @@ class UniformDequantizer(Dequantizer):
         return h + noise, h.new_zeros(num_graphs)
 
 
-@register_dequantizer('variational')
-class VariationalDequantizer(Dequantizer):
-    r"""Variational dequantisation with an E(n)-invariant posterior, as in
-    the `"E(n) Equivariant Normalizing Flows"
-    <https://arxiv.org/abs/2105.09016>`_ paper, with the arg-max
+class ThresholdDequantizer(Dequantizer):
+    r"""Base class of the dequantisers that draw a Gaussian
+    :math:`\boldsymbol{\epsilon} = \boldsymbol{\mu} + e^{\mathbf{s}}
+    \odot \mathbf{n}`, :math:`\mathbf{n} \sim \mathcal{N}(0, I)`, per node
+    and push it into the cell of :math:`\mathbf{h}`, with the arg-max
     construction of `"Argmax Flows and Multinomial Diffusion"
-    <https://arxiv.org/abs/2102.05379>`_ for the one-hot block.
-
-    An :class:`~torch_enf.nn.EGNN` on the fully connected graph of each
-    molecule reads :math:`(\mathbf{h}, \mathbf{x})` and outputs, per node, the
-    mean :math:`\boldsymbol{\mu}` and log-scale :math:`\mathbf{s}` of a
-    Gaussian :math:`\boldsymbol{\epsilon} = \boldsymbol{\mu} + e^{\mathbf{s}}
-    \odot \mathbf{n}`, :math:`\mathbf{n} \sim \mathcal{N}(0, I)`, which is
-    pushed into the cell of :math:`\mathbf{h}`:
+    <https://arxiv.org/abs/2102.05379>`_ for the one-hot block:
 
     * one-hot block with true class :math:`k^*`: the threshold map
       :math:`v_{k^*} = T = \epsilon_{k^*}`,
@@ -193,40 +186,24 @@ class VariationalDequantizer(Dequantizer):
         - \sum_{\text{integer } j} \log \sigma(\epsilon_{ij})
         \sigma(-\epsilon_{ij})\Big].
 
-    The posterior is invariant to rotations, reflections, translations and
-    node permutations because the EGNN's feature output is. Its read-out
-    starts at zero, so an untrained posterior is :math:`\mathcal{N}(0, I)`.
-    The one-hot block is unbounded (real-valued "logits"); the integer block
-    lies in :math:`(c, c + 1)`, as with :class:`UniformDequantizer`.
-    In floating point a losing :math:`v_k` rounds to :math:`T` (a tie) only
-    when :math:`\epsilon_k - T` exceeds about 17 (float32) or 37 (float64);
-    such draws cost :math:`-\log \sigma(T - \epsilon_k) \approx
-    \epsilon_k - T` nats in the bound, which keeps a trained posterior far
-    from them.
+    Unlike uniform noise, whose density jumps to zero at the faces of the
+    cell, this density vanishes smoothly towards the cell boundary, which a
+    continuous flow fits far better. The one-hot block is unbounded
+    (real-valued "logits"); the integer block lies in :math:`(c, c + 1)`,
+    as with :class:`UniformDequantizer`. In floating point a losing
+    :math:`v_k` rounds to :math:`T` (a tie) only when :math:`\epsilon_k - T`
+    exceeds about 17 (float32) or 37 (float64); such draws cost
+    :math:`-\log \sigma(T - \epsilon_k) \approx \epsilon_k - T` nats in
+    the bound.
 
-    Args:
-        num_classes (int, optional): Width of the one-hot block.
-            (default: :obj:`5`)
-        num_integer (int, optional): Number of integer columns after it.
-            (default: :obj:`1`)
-        hidden_channels (int, optional): Width of the posterior EGNN.
-            (default: :obj:`32`)
-        num_layers (int, optional): Depth of the posterior EGNN.
-            (default: :obj:`2`)
+    Subclasses implement :meth:`posterior`, returning
+    :math:`(\boldsymbol{\mu}, \mathbf{s})`.
     """
-    def __init__(self, num_classes: int = 5, num_integer: int = 1,
-                 hidden_channels: int = 32, num_layers: int = 2):
-        super().__init__(num_classes, num_integer)
-        self.net = EGNN(self.channels, hidden_channels, 2 * self.channels,
-                        num_layers, coords_norm=1.0)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        r"""Resets all learnable parameters; the posterior starts as
-        :math:`\mathcal{N}(0, I)`."""
-        self.net.reset_parameters()
-        torch.nn.init.zeros_(self.net.lin_out.weight)
-        torch.nn.init.zeros_(self.net.lin_out.bias)
+    def posterior(self, h: Tensor, pos: Tensor, batch: Tensor,
+                  num_graphs: int) -> Tuple[Tensor, Tensor]:
+        r"""The mean and log-scale :obj:`[N, F]` of
+        :math:`\boldsymbol{\epsilon}`."""
+        raise NotImplementedError
 
     def forward(self, h: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None,
@@ -252,9 +229,8 @@ class VariationalDequantizer(Dequantizer):
             raise ValueError(f"'pos' must have shape [{h.size(0)}, n] to "
                              f"match 'h' (got {list(pos.shape)})")
         check_finite(pos, 'pos')
-        edge_index = full_edge_index(batch, num_graphs)
-        params, _ = self.net(h, pos.to(h.dtype), edge_index)
-        mean, log_scale = params.chunk(2, dim=-1)
+        mean, log_scale = self.posterior(h, pos.to(h.dtype), batch,
+                                         num_graphs)
         if noise is None:
             noise = torch.randn(h.shape, generator=generator, dtype=h.dtype,
                                 device=h.device)
@@ -277,3 +253,73 @@ class VariationalDequantizer(Dequantizer):
                          F.logsigmoid(-eps_int)).sum(-1)
         h_cont = torch.cat([v_cls, v_int], dim=-1)
         return h_cont, scatter_sum(log_q, batch, num_graphs)
+
+
+@register_dequantizer('argmax')
+class ArgmaxDequantizer(ThresholdDequantizer):
+    r"""The threshold dequantisation of :class:`ThresholdDequantizer` with a
+    fixed standard normal :math:`\boldsymbol{\epsilon}`: no parameters,
+    so it suits objectives that do not train the dequantiser (flow
+    matching) while :math:`\log q` stays exact and the bound of
+    :class:`~torch_enf.flows.MoleculeFlow` valid. It equals an untrained
+    :class:`VariationalDequantizer`.
+
+    Args:
+        num_classes (int, optional): Width of the one-hot block.
+            (default: :obj:`5`)
+        num_integer (int, optional): Number of integer columns after it.
+            (default: :obj:`1`)
+    """
+    def posterior(self, h: Tensor, pos: Tensor, batch: Tensor,
+                  num_graphs: int) -> Tuple[Tensor, Tensor]:
+        zeros = torch.zeros_like(h)
+        return zeros, zeros
+
+
+@register_dequantizer('variational')
+class VariationalDequantizer(ThresholdDequantizer):
+    r"""Variational dequantisation with an E(n)-invariant posterior, as in
+    the `"E(n) Equivariant Normalizing Flows"
+    <https://arxiv.org/abs/2105.09016>`_ paper, with the arg-max
+    construction of `"Argmax Flows and Multinomial Diffusion"
+    <https://arxiv.org/abs/2102.05379>`_ for the one-hot block.
+
+    An :class:`~torch_enf.nn.EGNN` on the fully connected graph of each
+    molecule reads :math:`(\mathbf{h}, \mathbf{x})` and outputs, per node, the
+    mean :math:`\boldsymbol{\mu}` and log-scale :math:`\mathbf{s}` of the
+    Gaussian that :class:`ThresholdDequantizer` pushes into the cell of
+    :math:`\mathbf{h}`.
+
+    The posterior is invariant to rotations, reflections, translations and
+    node permutations because the EGNN's feature output is. Its read-out
+    starts at zero, so an untrained posterior is :math:`\mathcal{N}(0, I)`.
+
+    Args:
+        num_classes (int, optional): Width of the one-hot block.
+            (default: :obj:`5`)
+        num_integer (int, optional): Number of integer columns after it.
+            (default: :obj:`1`)
+        hidden_channels (int, optional): Width of the posterior EGNN.
+            (default: :obj:`32`)
+        num_layers (int, optional): Depth of the posterior EGNN.
+            (default: :obj:`2`)
+    """
+    def __init__(self, num_classes: int = 5, num_integer: int = 1,
+                 hidden_channels: int = 32, num_layers: int = 2):
+        super().__init__(num_classes, num_integer)
+        self.net = EGNN(self.channels, hidden_channels, 2 * self.channels,
+                        num_layers, coords_norm=1.0)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters; the posterior starts as
+        :math:`\mathcal{N}(0, I)`."""
+        self.net.reset_parameters()
+        torch.nn.init.zeros_(self.net.lin_out.weight)
+        torch.nn.init.zeros_(self.net.lin_out.bias)
+
+    def posterior(self, h: Tensor, pos: Tensor, batch: Tensor,
+                  num_graphs: int) -> Tuple[Tensor, Tensor]:
+        params, _ = self.net(h, pos, full_edge_index(batch, num_graphs))
+        mean, log_scale = params.chunk(2, dim=-1)
+        return mean, log_scale
