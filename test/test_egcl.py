@@ -175,3 +175,24 @@ def test_egnn_positions_only_output():
     h_out, pos_out = model(torch.ones(5, 1), torch.randn(5, 3),
                            full_edge_index(torch.zeros(5, dtype=torch.long)))
     assert h_out.shape == (5, 0) and pos_out.shape == (5, 3)
+
+
+def test_value_checks_at_entry_points_only(monkeypatch):
+    from torch_enf.utils import inputs_checked, set_debug_checks
+    conv = EGCL(4, 8)
+    h, pos = torch.randn(5, 4), torch.randn(5, 3)
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    with pytest.raises(ValueError, match="'h' holds non-finite"):
+        conv(h.index_fill(0, torch.tensor([2]), float('nan')), pos,
+             edge_index)
+    with inputs_checked():  # inside a checked solve: no synchronising check
+        out, _ = conv(h.index_fill(0, torch.tensor([2]), float('nan')), pos,
+                      edge_index)
+        assert not torch.isfinite(out).all()
+        set_debug_checks(True)
+        try:
+            with pytest.raises(ValueError, match="'pos' holds non-finite"):
+                conv(h, pos.index_fill(0, torch.tensor([1]), float('inf')),
+                     edge_index)
+        finally:
+            set_debug_checks(False)

@@ -1,9 +1,12 @@
 r"""Small helpers shared by the layers, the flows and the data sets: graph
 sizes, centring of point clouds and input validation."""
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
+
+_checks = dict(debug=False, depth=0)
 
 
 def num_graphs_of(batch: Tensor, num_graphs: Optional[int] = None) -> int:
@@ -116,3 +119,29 @@ def check_finite_graphs(tensor: Tensor, batch: Tensor, num_graphs: int,
                      f"graph(s) {bad[:10]}"
                      f"{' and more' if len(bad) > 10 else ''} of "
                      f"{num_graphs}")
+
+
+def set_debug_checks(enabled: bool) -> None:
+    r"""With :obj:`True`, every layer checks its inputs for NaN and inf even
+    inside the flows' ODE solves and flow-matching steps (each check costs a
+    host-device synchronisation); by default inputs are checked once, at the
+    public entry points (:meth:`ENFlow.log_prob`, :meth:`ENFlow.sample`,
+    :meth:`ENFlow.encode`, :meth:`ENFlow.decode`, flow-matching inputs, or
+    a layer called directly)."""
+    _checks['debug'] = bool(enabled)
+
+
+@contextlib.contextmanager
+def inputs_checked() -> Iterator[None]:
+    r"""Marks a block whose inputs were checked already, so that the layers
+    inside skip their own value checks (unless :func:`set_debug_checks`)."""
+    _checks['depth'] += 1
+    try:
+        yield
+    finally:
+        _checks['depth'] -= 1
+
+
+def checking_values() -> bool:
+    r"""Whether a layer should check its inputs' values now."""
+    return _checks['debug'] or _checks['depth'] == 0

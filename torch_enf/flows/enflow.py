@@ -16,7 +16,7 @@ from torch_enf.flows.vector_field import VectorField, check_graph
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import (center_pos, check_batch_vector,
                              check_finite_graphs, check_node_matrix,
-                             default_batch, graph_sizes)
+                             default_batch, graph_sizes, inputs_checked)
 
 TRACES = ('exact', 'hutchinson')
 
@@ -404,10 +404,11 @@ class ENFlow(torch.nn.Module):
         state = nodes + [zeros] * (int(trace is not None) + int(regularize))
         options = self.train_options if self.training else self.eval_options
         try:
-            final = integrate(
-                func, state, t0, t1, options,
-                tuple(self.parameters()) if self.adjoint else None,
-                self.adjoint_seminorm)
+            with inputs_checked():  # checked by _check; no syncs per step
+                final = integrate(
+                    func, state, t0, t1, options,
+                    tuple(self.parameters()) if self.adjoint else None,
+                    self.adjoint_seminorm)
         finally:
             self._num_evals = func.num_evals
         k = len(nodes)

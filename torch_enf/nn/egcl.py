@@ -6,7 +6,8 @@ from torch.nn import Linear, Sequential
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.inits import reset
 
-from torch_enf.utils import check_finite, scatter_mean, scatter_sum
+from torch_enf.utils import (check_finite, checking_values, scatter_mean,
+                             scatter_sum)
 
 
 def safe_norm(sq_norm: Tensor) -> Tensor:
@@ -259,7 +260,9 @@ class EGCL(MessagePassing):
             if vel.shape != pos.shape:
                 raise ValueError(f"'vel' must have the shape of 'pos' "
                                  f"{list(pos.shape)} (got {list(vel.shape)})")
-        check_finite(pos, 'pos')
+        if checking_values():  # once at the entry point, not inside solves
+            check_finite(h, 'h')
+            check_finite(pos, 'pos')
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '

@@ -5,6 +5,7 @@ from torch import Tensor
 from torch.nn import Linear, ModuleList
 
 from torch_enf.nn.egcl import EGCL
+from torch_enf.utils import check_finite, checking_values, inputs_checked
 
 
 class EGNN(torch.nn.Module):
@@ -103,9 +104,13 @@ class EGNN(torch.nn.Module):
         if h.dim() != 2 or h.size(-1) != self.in_channels:
             raise ValueError(f"'h' must have shape [num_nodes, "
                              f"{self.in_channels}] (got {list(h.shape)})")
+        if checking_values():  # once here, not in every layer
+            check_finite(h, 'h')
+            check_finite(pos, 'pos')
         h = self.lin_in(h)
-        for conv in self.convs:
-            h, pos = conv(h, pos, edge_index, edge_attr)
+        with inputs_checked():
+            for conv in self.convs:
+                h, pos = conv(h, pos, edge_index, edge_attr)
         if self.lin_out is None:
             return h.new_zeros(h.size(0), 0), pos
         return self.lin_out(h), pos

@@ -7,7 +7,8 @@ from torch import Tensor
 from torch_enf.flows.enflow import FlowInputs
 from torch_enf.objectives.alignment import align_base_samples, match_graphs
 from torch_enf.objectives.base import Objective, register_objective
-from torch_enf.utils import center_pos, graph_sizes, scatter_sum
+from torch_enf.utils import (center_pos, graph_sizes, inputs_checked,
+                             scatter_sum)
 
 
 @register_objective('fm')
@@ -145,7 +146,8 @@ def flow_matching_loss(model: torch.nn.Module, inputs: FlowInputs,
         eps_pos, eps_h = noise
         pos_t = pos_t + sigma * center_pos(eps_pos, batch, num_graphs)
         h_t = h_t + sigma * eps_h
-    v_pos, v_h = model.velocity(t_node, pos_t, h_t, batch, num_graphs)
+    with inputs_checked():  # flow_inputs checked the data
+        v_pos, v_h = model.velocity(t_node, pos_t, h_t, batch, num_graphs)
     sq_error = (v_pos - (z_pos - inputs.pos)).pow(2).sum(-1) + \
         (v_h - (z_h - inputs.h)).pow(2).sum(-1)
     sizes = graph_sizes(batch, num_graphs).to(sq_error.dtype)
