@@ -5,7 +5,7 @@ import torch
 from torch_geometric.data import Batch
 
 from torch_enf.datasets import QM9
-from torch_enf.io import write_sdf, write_xyz
+from torch_enf.io import read_sdf, read_xyz, write_sdf, write_xyz
 
 FIXTURE = Path(__file__).resolve().parent / 'data' / 'qm9_fixture.npz'
 
@@ -17,7 +17,7 @@ def batch(tmp_path_factory):
     return Batch.from_data_list(list(dataset)[:6])
 
 
-def read_xyz(path):
+def parse_xyz_by_hand(path):
     lines = Path(path).read_text().splitlines()
     frames = []
     while lines:
@@ -33,7 +33,7 @@ def read_xyz(path):
 def test_xyz_round_trip(tmp_path, batch):
     path = tmp_path / 'molecules.xyz'
     write_xyz(str(path), batch)
-    frames = read_xyz(path)
+    frames = parse_xyz_by_hand(path)
     assert len(frames) == batch.num_graphs
     symbols = {1: 'H', 6: 'C', 7: 'N', 8: 'O', 9: 'F'}
     for g, (name, elements, pos) in enumerate(frames):
@@ -88,3 +88,63 @@ def test_missing_rdkit_names_the_extra(tmp_path, batch, monkeypatch):
     with pytest.raises(ImportError, match=r'torch-enf\[molecules\]'):
         write_sdf(str(tmp_path / 'molecules.sdf'), batch)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_xyz_inverts_write_xyz(tmp_path, batch):
+    path = str(tmp_path / 'molecules.xyz')
+    write_xyz(path, batch)
+    molecules = read_xyz(path)
+    assert len(molecules) == batch.num_graphs
+    for g, molecule in enumerate(molecules):
+        data = batch.get_example(g)
+        assert torch.equal(molecule.z, data.z)
+        torch.testing.assert_close(molecule.pos, data.pos, atol=1e-6, rtol=0)
+        assert molecule.name == f'molecule {int(data.idx)}'
+
+
+def test_read_sdf_inverts_write_sdf(tmp_path, batch):
+    pytest.importorskip('rdkit')
+    path = str(tmp_path / 'molecules.sdf')
+    write_sdf(path, batch)
+    molecules = read_sdf(path)
+    assert len(molecules) == batch.num_graphs
+    for g, molecule in enumerate(molecules):
+        data = batch.get_example(g)
+        assert torch.equal(molecule.z, data.z)
+        assert torch.equal(molecule.charge, torch.zeros_like(data.z))
+        torch.testing.assert_close(molecule.pos, data.pos, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('text,message', [
+    ('two\nx\nH 0 0 0\n', r'line 1: expected the number of atoms'),
+    ('2\nx\nH 0 0 0\n', r'line 1: the frame announces 2 atoms but the '
+     r'file ends after 1'),
+    ('1\nx\nXx 0 0 0\n', r"line 3: unknown element 'Xx'"),
+    ('1\nx\nH 0 zero 0\n', r'line 3: coordinates must be numbers'),
+    ('1\nx\nH 0 0\n', r"line 3: expected 'symbol x y z'"),
+    ('1\nx\nH 0 nan 0\n', r'line 3: non-finite coordinate'),
+    ('1\nx\nH 0 0 0\n0\ny\n', r'line 4: a frame needs at least one'),
+    ('\n\n', r'holds no molecules'),
+])
+def test_read_xyz_names_file_and_line(tmp_path, text, message):
+    path = tmp_path / 'bad.xyz'
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f'bad.xyz.*{message}'):
+        read_xyz(str(path))
+
+
+def test_read_sdf_names_the_bad_record(tmp_path, batch):
+    pytest.importorskip('rdkit')
+    path = tmp_path / 'molecules.sdf'
+    write_sdf(str(path), batch)
+    records = path.read_text().split('$$$$\n')
+    lines = records[1].splitlines()
+    lines[3] = 'garbage counts line'
+    records[1] = '\n'.join(lines) + '\n'
+    path.write_text('$$$$\n'.join(records))
+    start = len(records[0].splitlines()) + 2
+    with pytest.raises(ValueError, match=rf'record 2 \(line {start}\)'):
+        read_sdf(str(path))
+    (tmp_path / 'empty.sdf').write_text('')
+    with pytest.raises(ValueError, match='holds no molecules'):
+        read_sdf(str(tmp_path / 'empty.sdf'))

@@ -1,10 +1,13 @@
-r"""Export of 3D molecules to XYZ and SDF files (written atomically)."""
+r"""Reading and writing 3D molecules as XYZ and SDF files (written
+atomically)."""
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Sequence
 
-from torch_geometric.data import Batch
+import torch
+from torch_geometric.data import Batch, Data
 
 ELEMENT_SYMBOLS = ('H', 'He', 'Li', 'Be', 'B', 'C', 'N', 'O', 'F', 'Ne',
                    'Na', 'Mg', 'Al', 'Si', 'P', 'S', 'Cl', 'Ar')
@@ -108,3 +111,113 @@ def write_sdf(path: str, data, names: Optional[Sequence[str]] = None
             mol.SetProp('_Name', name)
             writer.write(mol)
         writer.close()
+
+
+def read_xyz(path: str) -> List[Data]:
+    r"""Reads the frames of an XYZ file (the inverse of :func:`write_xyz`):
+    one :class:`~torch_geometric.data.Data` per frame with :obj:`pos`
+    :obj:`[M, 3]` (float32, Angstrom, as written), :obj:`z` :obj:`[M]` and
+    :obj:`name` (the comment line). Element symbols are case-insensitive;
+    extra columns after :obj:`x y z` are ignored; blank lines between frames
+    are allowed.
+
+    Raises:
+        ValueError: Naming the file and line of a malformed count, a missing
+            or short atom line, a coordinate that is not a finite number or
+            an unknown element.
+    """
+    with open(path) as f:
+        lines = f.read().splitlines()
+    symbols = {symbol.lower(): z for z, symbol in
+               enumerate(ELEMENT_SYMBOLS, start=1)}
+    frames, k = [], 0
+    while k < len(lines):
+        if not lines[k].strip():
+            k += 1
+            continue
+        count = _parse_count(lines[k], path, k + 1)
+        if k + 2 + count > len(lines):
+            raise ValueError(f"{path}, line {k + 1}: the frame announces "
+                             f"{count} atoms but the file ends after "
+                             f"{max(len(lines) - k - 2, 0)}")
+        atoms = [_parse_atom(lines[i], path, i + 1, symbols)
+                 for i in range(k + 2, k + 2 + count)]
+        frames.append(Data(
+            pos=torch.tensor([a[1] for a in atoms], dtype=torch.float32),
+            z=torch.tensor([a[0] for a in atoms], dtype=torch.long),
+            name=lines[k + 1].strip()))
+        k += 2 + count
+    if not frames:
+        raise ValueError(f'{path} holds no molecules')
+    return frames
+
+
+def _parse_count(line: str, path: str, number: int) -> int:
+    try:
+        count = int(line.split()[0])
+    except (ValueError, IndexError):
+        raise ValueError(f"{path}, line {number}: expected the number of "
+                         f"atoms, got {line.strip()[:40]!r}") from None
+    if count < 1:
+        raise ValueError(f"{path}, line {number}: a frame needs at least one "
+                         f"atom (got {count})")
+    return count
+
+
+def _parse_atom(line: str, path: str, number: int, symbols: dict) -> tuple:
+    fields = line.split()
+    if len(fields) < 4:
+        raise ValueError(f"{path}, line {number}: expected 'symbol x y z', "
+                         f"got {line.strip()[:40]!r}")
+    z = symbols.get(fields[0].lower())
+    if z is None:
+        raise ValueError(f"{path}, line {number}: unknown element "
+                         f"{fields[0]!r} (known: {', '.join(ELEMENT_SYMBOLS)})")
+    try:
+        xyz = [float(value) for value in fields[1:4]]
+    except ValueError:
+        raise ValueError(f"{path}, line {number}: coordinates must be "
+                         f"numbers, got {' '.join(fields[1:4])!r}") from None
+    if not all(math.isfinite(value) for value in xyz):
+        raise ValueError(f"{path}, line {number}: non-finite coordinate")
+    return z, xyz
+
+
+def read_sdf(path: str) -> List[Data]:
+    r"""Reads the records of an SDF file with RDKit (hydrogens kept, no
+    sanitisation, so that any geometry is read as written): one
+    :class:`~torch_geometric.data.Data` per record with :obj:`pos`
+    :obj:`[M, 3]` (float32, Angstrom), :obj:`z` :obj:`[M]`, the formal
+    :obj:`charge` :obj:`[M]` and :obj:`name` (the title line). Needs
+    :obj:`pip install torch-enf[molecules]`.
+
+    Raises:
+        ValueError: Naming the file, the record and its first line when
+            RDKit cannot parse a record, or the file holds none.
+    """
+    from torch_enf.metrics.rdkit_metrics import _chem
+    Chem = _chem()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} does not exist')
+    with open(path) as f:
+        starts = [1] + [number + 1 for number, line in enumerate(f, start=1)
+                        if line.strip() == '$$$$']
+    if os.path.getsize(path) == 0:
+        raise ValueError(f'{path} holds no molecules')
+    supplier = Chem.SDMolSupplier(path, removeHs=False, sanitize=False)
+    molecules = []
+    for record, mol in enumerate(supplier):
+        if mol is None or mol.GetNumConformers() == 0:
+            raise ValueError(f"{path}, record {record + 1} (line "
+                             f"{starts[record]}): RDKit cannot read it as a "
+                             f"3D molecule")
+        molecules.append(Data(
+            pos=torch.tensor(mol.GetConformer().GetPositions(),
+                             dtype=torch.float32),
+            z=torch.tensor([a.GetAtomicNum() for a in mol.GetAtoms()]),
+            charge=torch.tensor([a.GetFormalCharge()
+                                 for a in mol.GetAtoms()]),
+            name=mol.GetProp('_Name') if mol.HasProp('_Name') else ''))
+    if not molecules:
+        raise ValueError(f'{path} holds no molecules')
+    return molecules
