@@ -5,6 +5,7 @@ install_requires = [
     'torch-geometric>=2.5',
     'torchdiffeq>=0.2.3',
     'numpy',
+    'scipy',
     'tqdm',
 ]
 
@@ -31,5 +32,7 @@ setup(
     install_requires=install_requires,
     extras_require=extras_require,
     packages=find_packages(include=['torch_enf', 'torch_enf.*']),
+    package_data={'torch_enf.pretrained': ['weights/*.pt']},
+    entry_points={'console_scripts': ['torch-enf=torch_enf.cli:main']},
     license='MIT',
 )

@@ -225,6 +225,7 @@ def fit(
     time_budget: Optional[float] = None,
     resume: bool = False,
     config: Optional[Dict[str, Any]] = None,
+    metadata: Optional[Dict[str, Any]] = None,
     context: Optional[DistributedContext] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -285,6 +286,8 @@ def fit(
             exists.
         config (dict, optional): The options that define the run (model,
             data, optimisation); stored and compared on resume.
+        metadata (dict, optional): Stored in the checkpoint as it is (*e.g.*
+            all options, to rebuild the model from the checkpoint).
         context (DistributedContext, optional): The process's place in a
             :obj:`torchrun` job; only rank 0 validates and writes.
         progress (bool, optional): Show progress bars.
@@ -358,7 +361,7 @@ def fit(
                               optimizer=optimizer.state_dict(),
                               ema=None if ema is None else ema.state_dict(),
                               config=config, objective=objective_config,
-                              rng=_rng_state()), log)
+                              metadata=metadata or {}, rng=_rng_state()), log)
         else:
             state.epoch = epoch
         barrier(context)

@@ -200,7 +200,8 @@ def train(model: torch.nn.Module, args: argparse.Namespace,
                 lr=args.lr, lr_schedule=args.lr_schedule, ema_decay=args.ema,
                 autocast=torch.bfloat16 if args.bf16 else None,
                 time_budget=args.time_budget, resume=args.resume,
-                config=run_config(args), context=context,
+                config=run_config(args), metadata=dict(options=vars(args)),
+                context=context,
                 progress=not args.no_progress)
     model.load_state_dict(torch.load(osp.join(out, 'best.pt'),
                                      map_location=next(

@@ -85,18 +85,19 @@ def _check_rdkit() -> None:
                          'torch-enf[molecules]') from error
 
 
-def build_model(args: argparse.Namespace, train_full: QM9
+def build_model(args: argparse.Namespace,
+                node_count: Optional[NodeCountDistribution] = None
                 ) -> torch.nn.Module:
+    r"""The model the options describe; molecule models need :math:`p(M)`
+    (*e.g.* :meth:`NodeCountDistribution.from_num_nodes` of the training
+    sizes)."""
     flow_kwargs = dict(hidden_channels=args.hidden, num_layers=args.layers,
                        rtol=args.tol, atol=args.tol, eval_rtol=args.eval_tol,
                        eval_atol=args.eval_tol, adjoint=not args.no_adjoint)
     if args.positional:
         return ENFlow(3, 0, **flow_kwargs)
-    # p(M) from the whole training split, so that no test size is unseen.
-    sizes = torch.diff(train_full.slices['pos'])
-    return MoleculeFlow(NodeCountDistribution.from_num_nodes(sizes),
-                        dequantizer=args.dequantizer, actnorm=args.actnorm,
-                        **flow_kwargs)
+    return MoleculeFlow(node_count, dequantizer=args.dequantizer,
+                        actnorm=args.actnorm, **flow_kwargs)
 
 
 def run(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
@@ -123,7 +124,10 @@ def _run(args: argparse.Namespace,
     train_full = split('train')
     train_set = subset(train_full, args.n_train, args.seed)
     valid_set = subset(split('valid'), args.num_valid, args.seed)
-    model = build_model(args, train_full).to(context.device)
+    # p(M) from the whole training split, so that no test size is unseen.
+    node_count = NodeCountDistribution.from_num_nodes(
+        torch.diff(train_full.slices['pos']))
+    model = build_model(args, node_count).to(context.device)
     if getattr(model, 'actnorm', None) is not None:  # same data, every rank
         model.initialize(Batch.from_data_list(train_set[:500]).to(
             context.device))
