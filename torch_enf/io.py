@@ -171,8 +171,9 @@ def _parse_atom(line: str, path: str, number: int, symbols: dict) -> tuple:
                          f"got {line.strip()[:40]!r}")
     z = symbols.get(fields[0].lower())
     if z is None:
+        known = ', '.join(ELEMENT_SYMBOLS)
         raise ValueError(f"{path}, line {number}: unknown element "
-                         f"{fields[0]!r} (known: {', '.join(ELEMENT_SYMBOLS)})")
+                         f"{fields[0]!r} (known: {known})")
     try:
         xyz = [float(value) for value in fields[1:4]]
     except ValueError:
