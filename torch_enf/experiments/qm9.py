@@ -47,7 +47,7 @@ def build_parser(positional: bool) -> argparse.ArgumentParser:
                    default='hutchinson' if not positional else 'exact')
     if not positional:
         p.add_argument('--dequantizer', choices=sorted(DEQUANTIZERS),
-                       default=None, help="default: 'uniform' with fm (flow "
+                       default=None, help="default: 'argmax' with fm (flow "
                        "matching cannot train a variational dequantiser), "
                        "'variational' with ml")
         p.add_argument('--actnorm', action='store_true')
@@ -66,13 +66,13 @@ def parse_args(argv: Optional[Sequence[str]] = None,
         raise ValueError(f'--n-train must be positive (got {args.n_train})')
     if not positional:
         if args.dequantizer is None:
-            args.dequantizer = 'uniform' if args.objective == 'fm' \
+            args.dequantizer = 'argmax' if args.objective == 'fm' \
                 else 'variational'
         if args.objective == 'fm' and \
                 DEQUANTIZERS[args.dequantizer]().trainable:
             raise ValueError(f'--objective fm cannot train the '
                              f'{args.dequantizer} dequantiser; use '
-                             f'--dequantizer uniform')
+                             f'--dequantizer argmax or uniform')
         _check_rdkit()
     return args
 
