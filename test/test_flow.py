@@ -384,3 +384,55 @@ def test_sampling_in_chunks(generator):
     samples = flow.sample([3, 4, 5, 3, 6], batch_size=2)
     assert samples.num_graphs == 5
     assert samples.ptr.diff().tolist() == [3, 4, 5, 3, 6]
+
+
+def test_far_off_float32_inputs_are_accepted():
+    torch.manual_seed(0)
+    flow = ENFlow(3, hidden_channels=8, num_layers=1).eval()
+    pos = torch.randn(10, 3)
+    batch = torch.tensor([0] * 5 + [1] * 5)
+    near = flow.log_prob(Data(pos=pos, batch=batch))
+    far = flow.log_prob(Data(pos=pos + 1e4, batch=batch))
+    torch.testing.assert_close(far, near, atol=5e-2, rtol=0)
+
+
+def test_sample_counts_are_checked():
+    import numpy as np
+    flow = make_flow(2)
+    assert flow.sample(np.int64(4), 3).num_graphs == 3
+    assert flow.sample(torch.tensor(4), 2).num_graphs == 2
+    for num_nodes, num_samples, message in (
+            (4, 0, "'num_samples' must be a positive integer"),
+            (4.7, None, "'num_nodes' must hold integers"),
+            ([3.5, 4], None, "'num_nodes' must hold integers"),
+            (4, 2.0, "'num_samples' must be a positive integer")):
+        with pytest.raises(ValueError, match=message):
+            flow.sample(num_nodes, num_samples)
+
+
+def test_construction_is_checked():
+    for kwargs, message in ((dict(n_dims=-1), "'n_dims' must be"),
+                            (dict(n_dims=3, node_channels=-2),
+                             "'node_channels' must be"),
+                            (dict(n_dims=3, graph=True), "'graph' must be")):
+        with pytest.raises(ValueError, match=message):
+            ENFlow(**kwargs)
+    with pytest.raises(ValueError, match='float32 or float64'):
+        ENFlow(2, hidden_channels=8, num_layers=1).half().sample(3, 2)
+
+
+class _Rotation(torch.nn.Module):
+    def forward(self, t, pos, h, edge_index, batch):
+        return torch.stack([-pos[:, 1], pos[:, 0]], dim=-1), h
+
+
+def test_custom_dynamics_without_parameters():
+    flow = ENFlow(2, dynamics=_Rotation(), adjoint=False).eval()
+    samples = flow.sample(3, 2)
+    assert samples.pos.dtype == torch.float32
+    # A rotation field is divergence free: log p is the base density.
+    data = Data(pos=torch.randn(3, 2))
+    expected = CenteredGaussian(2).log_prob(center_pos(data.pos),
+                                            torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(flow.log_prob(data), expected, atol=1e-3,
+                               rtol=0)

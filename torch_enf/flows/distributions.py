@@ -85,7 +85,8 @@ class NodeGaussian(torch.nn.Module):
         dim = sizes.to(h.dtype) * self.channels
         return -0.5 * sq_norm - 0.5 * dim * math.log(2 * math.pi)
 
-    def sample(self, batch: Tensor, generator: Optional[torch.Generator] = None,
+    def sample(self, batch: Tensor,
+               generator: Optional[torch.Generator] = None,
                dtype: Optional[torch.dtype] = None) -> Tensor:
         r"""Draws features of shape :obj:`[N, F]`."""
         return torch.randn(batch.numel(), self.channels, generator=generator,

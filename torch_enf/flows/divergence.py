@@ -107,8 +107,9 @@ def hutchinson_divergence(
 
 
 def sample_probe(like: Tensor, kind: str) -> Tensor:
-    r"""A Hutchinson probe shaped like :obj:`like`: Rademacher (:obj:`"rademacher"`)
-    or standard Gaussian (:obj:`"gaussian"`) entries."""
+    r"""A Hutchinson probe shaped like :obj:`like`: Rademacher
+    (:obj:`"rademacher"`) or standard Gaussian (:obj:`"gaussian"`)
+    entries."""
     if kind == 'rademacher':
         return torch.randint_like(like, 0, 2).mul_(2).sub_(1)
     if kind == 'gaussian':

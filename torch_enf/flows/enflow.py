@@ -1,4 +1,5 @@
 import contextlib
+import numbers
 from typing import (Any, Iterator, List, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
@@ -10,13 +11,14 @@ from tqdm.auto import tqdm
 from torch_enf.flows.distributions import CenteredGaussian, NodeGaussian
 from torch_enf.flows.divergence import sample_probe
 from torch_enf.flows.dynamics import EGNNDynamics
-from torch_enf.flows.integrator import (AugmentedODE, ODESolveError,
-                                        SolverOptions, integrate)
+from torch_enf.flows.integrator import (  # noqa: F401 (ODESolveError is
+    AugmentedODE, ODESolveError, SolverOptions, integrate)  # imported here)
 from torch_enf.flows.vector_field import VectorField, check_graph
 from torch_enf.nn import full_edge_index
-from torch_enf.utils import (center_pos, check_batch_vector,
-                             check_finite_graphs, check_node_matrix,
-                             default_batch, graph_sizes, inputs_checked)
+from torch_enf.utils import (center_pos, center_pos_exact,
+                             check_batch_vector, check_finite_graphs,
+                             check_node_matrix, default_batch, graph_sizes,
+                             inputs_checked)
 
 TRACES = ('exact', 'hutchinson')
 
@@ -174,6 +176,12 @@ class ENFlow(torch.nn.Module):
         hutchinson_noise: str = 'rademacher',
     ):
         super().__init__()
+        for name, value, least in (('n_dims', n_dims, 1),
+                                   ('node_channels', node_channels, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    value < least:
+                raise ValueError(f"'{name}' must be an integer of at least "
+                                 f"{least} (got {value!r})")
         sample_probe(torch.zeros(1), hutchinson_noise)  # validates the kind
         self.train_options = SolverOptions(solver, rtol, atol, num_steps,
                                            max_num_steps)
@@ -305,16 +313,16 @@ class ENFlow(torch.nn.Module):
         pos, h, batch, num_graphs = self._check(pos, h, batch)
         if trace is not None:
             trace = self._resolve_trace(trace)
-        return self._solve(center_pos(pos, batch, num_graphs), h, batch,
-                           num_graphs, 1.0, 0.0, trace, False)
+        return self._solve(center_pos_exact(pos, batch, num_graphs), h,
+                           batch, num_graphs, 1.0, 0.0, trace, False)
 
     def flow_inputs(self, data: Union[Data, Batch]) -> FlowInputs:
         r"""The checked, centred positions and the features of
         :obj:`data`: the state of the flow at :math:`t = 0` (see
         :class:`FlowInputs`)."""
         pos, h, batch, num_graphs = self._read(data)
-        return FlowInputs(center_pos(pos, batch, num_graphs), h, batch,
-                          num_graphs)
+        return FlowInputs(center_pos_exact(pos, batch, num_graphs), h,
+                          batch, num_graphs)
 
     def velocity(self, t: Tensor, pos: Tensor, h: Tensor, batch: Tensor,
                  num_graphs: int) -> Tuple[Tensor, Tensor]:
@@ -467,28 +475,59 @@ class ENFlow(torch.nn.Module):
 
     def _sample_sizes(self, num_nodes: Union[int, Sequence[int], Tensor],
                       num_samples: Optional[int]) -> Tensor:
-        device = next(self.parameters()).device
-        if isinstance(num_nodes, int):
-            sizes = torch.full((num_samples or 1, ), num_nodes,
+        device = self._device()
+        if _is_integer_scalar(num_nodes):
+            count = 1 if num_samples is None else num_samples
+            if not _is_integer_scalar(count) or int(count) < 1:
+                raise ValueError(f"'num_samples' must be a positive integer "
+                                 f"(got {num_samples!r})")
+            sizes = torch.full((int(count), ), int(num_nodes),
                                dtype=torch.long, device=device)
         else:
             if num_samples is not None:
                 raise ValueError("'num_samples' goes with a single "
                                  "'num_nodes'; got a list of sizes as well")
-            sizes = torch.as_tensor(num_nodes, dtype=torch.long,
-                                    device=device).view(-1)
+            sizes = torch.as_tensor(num_nodes, device=device).view(-1)
+            if sizes.is_floating_point() or sizes.dtype == torch.bool:
+                raise ValueError(f"'num_nodes' must hold integers (got "
+                                 f"{sizes.tolist()[:10]})")
+            sizes = sizes.long()
         if sizes.numel() == 0 or bool((sizes < 2).any()):
             raise ValueError(f'Every sampled graph needs at least 2 nodes '
                              f'(got sizes {sizes.tolist()[:10]})')
         return sizes
 
     def _dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        tensor = next(self.parameters(), None)
+        if tensor is None:  # a custom dynamics without parameters
+            tensor = next(self.buffers(), torch.zeros(()))
+        if tensor.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f'ENFlow runs in float32 or float64 (got '
+                             f'{tensor.dtype}: the ODE solve and the '
+                             f'log-determinant need the precision; use '
+                             f'bf16 autocast for training instead)')
+        return tensor.dtype
+
+    def _device(self) -> torch.device:
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), torch.zeros(()))
+        return tensor.device
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(n_dims={self.n_dims}, '
                 f'node_channels={self.node_channels}, graph={self.graph}, '
                 f'solver={self.eval_options.method}, adjoint={self.adjoint})')
+
+
+def _is_integer_scalar(value: Any) -> bool:
+    r"""Python, NumPy and 0-d tensor integers (not booleans)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and \
+            value.dtype != torch.bool
+    return isinstance(value, numbers.Integral)
 
 
 def _upgrade_state_dict(state_dict, prefix, *args) -> None:

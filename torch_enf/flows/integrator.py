@@ -53,9 +53,10 @@ class SolverOptions:
     max_num_steps: int = 10000
 
     def __post_init__(self):
-        if self.method not in ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS:
+        known = ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS
+        if self.method not in known:
             raise ValueError(f"Unknown ODE solver {self.method!r} (expected "
-                             f"one of {ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS})")
+                             f"one of {known})")
         for name in ('rtol', 'atol'):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0):

@@ -9,8 +9,8 @@ from torch_enf.flows.actnorm import ActNorm
 from torch_enf.flows.dequantization import DEQUANTIZERS, Dequantizer
 from torch_enf.flows.enflow import ENFlow, FlowInputs
 from torch_enf.flows.node_count import NodeCountDistribution
-from torch_enf.utils import (center_pos, check_batch_vector, default_batch,
-                             graph_sizes)
+from torch_enf.utils import (center_pos_exact, check_batch_vector,
+                             default_batch, graph_sizes)
 
 QM9_ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
 
@@ -173,7 +173,8 @@ class MoleculeFlow(torch.nn.Module):
         :obj:`node_type`. The dequantisation noise is drawn anew at every
         call. Used by :class:`~torch_enf.objectives.FlowMatching`."""
         x = self._transform(data)
-        return FlowInputs(center_pos(x.pos, x.batch, x.num_graphs), x.h_flow,
+        return FlowInputs(center_pos_exact(x.pos, x.batch, x.num_graphs),
+                          x.h_flow,
                           x.batch, x.num_graphs, x.atom_class)
 
     def velocity(self, t: Tensor, pos: Tensor, h: Tensor, batch: Tensor,
