@@ -196,3 +196,11 @@ def test_value_checks_at_entry_points_only(monkeypatch):
                      edge_index)
         finally:
             set_debug_checks(False)
+
+
+def test_feature_dtype_mismatch_is_named():
+    conv = EGCL(4, 8)
+    pos, edge_index = torch.randn(3, 3), torch.tensor([[0, 1], [1, 2]])
+    for h in (torch.randn(3, 4).half(), torch.ones(3, 4, dtype=torch.long)):
+        with pytest.raises(ValueError, match=f"'h' has dtype {h.dtype}"):
+            conv(h, pos, edge_index)

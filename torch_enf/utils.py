@@ -151,5 +151,8 @@ def inputs_checked() -> Iterator[None]:
 
 
 def checking_values() -> bool:
-    r"""Whether a layer should check its inputs' values now."""
+    r"""Whether a layer should check its inputs' values now (never while
+    :func:`torch.compile` traces: a check would break the graph)."""
+    if torch.compiler.is_compiling():
+        return False
     return _checks['debug'] or _checks['depth'] == 0

@@ -223,6 +223,14 @@ class EGCL(MessagePassing):
             scale = scale / (safe_norm(dist2) + self.coords_norm)
         return msg, diff * scale
 
+    def explain_message(self, inputs: Tuple[Tensor, Tensor],
+                        dim_size: Optional[int]) -> Tuple[Tensor, Tensor]:
+        r"""Scales the message *and* the coordinate shift of every edge by
+        the edge mask of PyG's :class:`~torch_geometric.explain.Explainer`,
+        so that masking an edge removes all of its influence."""
+        return tuple(MessagePassing.explain_message(self, x, dim_size)
+                     for x in inputs)
+
     def aggregate(self, inputs: Tuple[Tensor, Tensor], index: Tensor,
                   dim_size: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         # Native index_add (whose backward is a cheap index_select) for the
@@ -260,6 +268,12 @@ class EGCL(MessagePassing):
             if vel.shape != pos.shape:
                 raise ValueError(f"'vel' must have the shape of 'pos' "
                                  f"{list(pos.shape)} (got {list(vel.shape)})")
+        weight = self.edge_lin1.weight
+        if h.dtype != weight.dtype and not torch.is_autocast_enabled(
+                h.device.type):
+            raise ValueError(f"'h' has dtype {h.dtype} but the layer's "
+                             f"parameters are {weight.dtype}; convert one "
+                             f"of them (or run under torch.autocast)")
         if checking_values():  # once at the entry point, not inside solves
             check_finite(h, 'h')
             check_finite(pos, 'pos')
