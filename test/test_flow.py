@@ -436,3 +436,23 @@ def test_custom_dynamics_without_parameters():
                                             torch.zeros(3, dtype=torch.long))
     torch.testing.assert_close(flow.log_prob(data), expected, atol=1e-3,
                                rtol=0)
+
+
+@pytest.mark.parametrize('options', [
+    dict(coords_range=1e8, dynamics_scale=1e3),  # explodes
+    dict(eval_rtol=1e-14, eval_atol=1e-14),  # unreachable in float32
+])
+def test_divergence_is_reported_within_a_few_hundred_evaluations(options):
+    import time
+    torch.manual_seed(0)
+    scale = options.pop('dynamics_scale', None)
+    flow = ENFlow(3, hidden_channels=16, num_layers=2, adjoint=False,
+                  **options).eval()
+    if scale:
+        for conv in flow.dynamics.egnn.convs:
+            torch.nn.init.normal_(conv.coord_lin2.weight, std=scale)
+    start = time.time()
+    with pytest.raises(ODESolveError, match='diverged'):
+        flow.log_prob(Data(pos=torch.randn(16, 3)), trace='hutchinson')
+    assert flow.num_evals < 2000
+    assert time.time() - start < 30

@@ -1,8 +1,10 @@
 r"""ODE integration of the flows: solver options validated in one place, the
 augmented right-hand side (state, Jacobian trace, regularisers) and the solve
 with :obj:`torchdiffeq`, forward or adjoint."""
+import collections
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Deque, Dict, List, Optional, Sequence,
+                    Tuple)
 
 import torch
 from torch import Tensor
@@ -18,6 +20,17 @@ ADAPTIVE_SOLVERS = tuple(name for name, cls in SOLVERS.items()
                          if issubclass(cls, AdaptiveStepsizeODESolver))
 r"""The adaptive-step solvers of :obj:`torchdiffeq` (:obj:`rtol`,
 :obj:`atol`, :obj:`max_num_steps`)."""
+
+STATE_BOUND = 1e8
+r"""A state beyond this magnitude counts as diverged."""
+
+MIN_RELATIVE_STEP = 1e-5
+r"""An adaptive solve whose step (the spread of the last
+:obj:`STEP_WINDOW` evaluation times) falls below this fraction of the
+interval is reported as diverged."""
+
+STEP_WINDOW = 16
+STALL_AFTER_EVALS = 200
 
 FIXED_STEP_SOLVERS = tuple(name for name in SOLVERS
                            if name not in ADAPTIVE_SOLVERS
@@ -146,6 +159,9 @@ class AugmentedODE:
             batch, num_graphs, sum(x.size(-1) for x in nodes), nodes[0]) \
             if trace == 'exact' else None
         self.num_evals = 0
+        self.interval = 1.0
+        self.recent_times: Deque[float] = collections.deque(
+            maxlen=STEP_WINDOW)
 
     def __call__(self, t: Tensor, state: Tuple[Tensor, ...]
                  ) -> Tuple[Tensor, ...]:
@@ -154,17 +170,36 @@ class AugmentedODE:
         with torch.enable_grad():
             nodes = [_track(x, create_graph)
                      for x in state[:2 if self.with_features else 1]]
-            if not all(bool(torch.isfinite(x).all()) for x in nodes):
-                raise ODESolveError(
-                    f'The ODE solve diverged: non-finite state at t='
-                    f'{float(t):.4g} after {self.num_evals} evaluations of '
-                    f'the vector field')
+            self._watch(t, nodes)
             velocities = self._velocities(t, nodes)
             extra = self._extra_terms(velocities, nodes, create_graph)
         if not create_graph:
             velocities = [v.detach() for v in velocities]
             extra = [e.detach() for e in extra]
         return tuple(velocities + extra)
+
+    def _watch(self, t: Tensor, nodes: List[Tensor]) -> None:
+        r"""Reports a diverging solve within a few steps: a state beyond
+        :obj:`STATE_BOUND` (or non-finite), or an adaptive step size that
+        collapsed below :obj:`MIN_RELATIVE_STEP` of the interval, which
+        would otherwise run on until :obj:`max_num_steps`."""
+        time = float(t.detach())
+        if not all(bool((x.abs() < STATE_BOUND).all()) for x in nodes):
+            raise ODESolveError(
+                f'The ODE solve diverged: the state left |x| < '
+                f'{STATE_BOUND:.0e} (or became NaN) at t={time:.4g} after '
+                f'{self.num_evals} evaluations of the vector field')
+        self.recent_times.append(time)
+        if len(self.recent_times) == self.recent_times.maxlen and \
+                self.num_evals > STALL_AFTER_EVALS:
+            span = max(self.recent_times) - min(self.recent_times)
+            if span < MIN_RELATIVE_STEP * self.interval:
+                raise ODESolveError(
+                    f'The ODE solve diverged: the step size collapsed to '
+                    f'{span:.2e} at t={time:.4g} after {self.num_evals} '
+                    f'evaluations of the vector field; the field is too '
+                    f'stiff for the tolerances (bound it with coords_range, '
+                    f'loosen the tolerances or use float64)')
 
     def _velocities(self, t: Tensor, nodes: List[Tensor]) -> List[Tensor]:
         pos = nodes[0]
@@ -217,6 +252,7 @@ def integrate(func: AugmentedODE, state: Sequence[Tensor], t0: float,
     """
     times = torch.tensor([t0, t1], dtype=state[0].dtype,
                          device=state[0].device)
+    func.interval = abs(t1 - t0)
     kwargs = options.odeint_kwargs()
     try:
         if adjoint_params is not None and torch.is_grad_enabled():
