@@ -104,13 +104,33 @@ def test_source_is_centred_and_validated(tmp_path):
         DW4(tmp_path, source=str(tmp_path / 'missing.npy'))
     with pytest.raises(ValueError, match='cannot be combined'):
         DW4(tmp_path, source=str(path), num_samples=10)
+    huge = np.full((3, 8), 1e300)
+    np.save(path, huge)
+    with pytest.raises(ValueError, match='beyond the float32 range'):
+        DW4(tmp_path, source=str(path))
+
+
+def test_broken_cache_is_rebuilt(tmp_path, caplog):
+    path = tmp_path / 'dw4.npy'
+    np.save(path, np.random.default_rng(0).normal(size=(6, 8)))
+    first = stacked(DW4(tmp_path, source=str(path)))
+    cache = DW4(tmp_path, source=str(path)).processed_paths[0]
+    for content in (b'', b'garbage', open(cache, 'rb').read()[:100]):
+        with open(cache, 'wb') as f:
+            f.write(content)
+        with caplog.at_level('WARNING'):
+            again = stacked(DW4(tmp_path, source=str(path)))
+        assert torch.equal(again, first)
+        assert 'unreadable' in caplog.text and cache in caplog.text
+        caplog.clear()
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="Unknown split 'val'"):
         DW4(tmp_path, split='val')
-    with pytest.raises(ValueError, match='n_train'):
-        DW4(tmp_path, n_train=0)
+    for n_train in (0, 10.5, '100', True):
+        with pytest.raises(ValueError, match="'n_train' must be a positive"):
+            DW4(tmp_path, n_train=n_train)
     assert issubclass(DW4, ParticleSystem)
 
 

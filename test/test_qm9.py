@@ -248,3 +248,16 @@ def test_too_many_atoms_is_rejected(tmp_path):
     _write_qm9pack(tmp_path, [(3, *WATER), big])
     with pytest.raises(ValueError, match='molecule 11 has 30 atoms'):
         read_qm9pack(str(tmp_path)).validate()
+
+
+def test_broken_cache_is_rebuilt(tmp_path, caplog):
+    dataset = QM9(str(tmp_path), split='valid', source=str(FIXTURE),
+                  log=False)
+    cache = dataset.processed_paths[0]
+    with open(cache, 'wb') as f:
+        f.write(b'\x80\x04 truncated')
+    with caplog.at_level('WARNING'):
+        again = QM9(str(tmp_path), split='valid', source=str(FIXTURE),
+                    log=False)
+    assert len(again) == len(dataset)
+    assert 'unreadable' in caplog.text and cache in caplog.text

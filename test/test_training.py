@@ -76,8 +76,9 @@ def run_fit(tmp_path, epochs, **kwargs):
     kwargs.setdefault('validate', lambda m: float(m.weight.detach().abs()
                                                   .sum()))
     kwargs.setdefault('lr', 1e-2)
+    kwargs.setdefault('log', lambda line: None)
     state = fit(model, Quadratic(), loader, str(tmp_path), epochs=epochs,
-                progress=False, log=lambda line: None, **kwargs)
+                progress=False, **kwargs)
     return model, state
 
 
@@ -177,3 +178,16 @@ def test_cosine_schedule_decays_to_one_percent(tmp_path):
     with pytest.raises(ValueError, match='lr_schedule'):
         fit(model, Quadratic(), loader, str(tmp_path), epochs=1,
             lr_schedule='linear')
+
+
+def test_fit_cleans_interrupted_writes_and_uses_the_umask(tmp_path):
+    (tmp_path / '.tmp-abc123checkpoint.pt').write_bytes(b'half written')
+    lines = []
+    run_fit(tmp_path, 1, log=lines.append)
+    assert not any(p.name.startswith('.tmp-') for p in tmp_path.iterdir())
+    assert any('interrupted run' in line for line in lines)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ('checkpoint.pt', 'best.pt', 'history.json'):
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~umask, (name, oct(mode))

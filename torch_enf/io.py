@@ -14,20 +14,49 @@ ELEMENT_SYMBOLS = ('H', 'He', 'Li', 'Be', 'B', 'C', 'N', 'O', 'F', 'Ne',
 r"""Symbols of atomic numbers 1 to 18."""
 
 
+TEMPORARY_PREFIX = '.tmp-'
+r"""The prefix of the temporary files of :func:`atomic_path`."""
+
+
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     r"""Yields a temporary path next to :obj:`path` that replaces
-    :obj:`path` only once the body finished without error."""
+    :obj:`path` only once the body finished without error, so that
+    :obj:`path` always holds the previous or the new complete file, even if
+    the process is killed while writing. The file gets the permissions of
+    the process's umask (as :func:`open` would give it), and the folder is
+    created if needed. A kill can leave the temporary behind:
+    :func:`remove_temporaries` cleans a folder."""
     directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX,
                                    suffix=os.path.basename(path))
     os.close(handle)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_temporaries(folder: str) -> List[str]:
+    r"""Removes the temporary files that interrupted :func:`atomic_path`
+    writes left in :obj:`folder`; returns their names."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [name for name in os.listdir(folder)
+             if name.startswith(TEMPORARY_PREFIX)]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _as_batch(data) -> Batch:

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import os.path as osp
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, Iterable, List, NamedTuple, Optional,
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from torch_enf.distributed import (DistributedContext, barrier,
                                    mean_over_processes, wrap_model)
+from torch_enf.io import atomic_path, remove_temporaries
 
 CHECKPOINT_FORMAT = 'torch-enf-checkpoint'
 r"""The :obj:`format` entry of the checkpoints that :func:`fit` writes."""
@@ -32,25 +32,16 @@ at most this often (seconds)."""
 
 def atomic_save(obj: Any, path: str) -> None:
     r"""Saves :obj:`obj` with :func:`torch.save` (or as JSON for paths
-    ending in :obj:`.json`) so that :obj:`path` always holds either the
-    previous or the new complete file, even if the process is killed while
-    writing."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            if path.endswith('.json'):
-                f.write(json.dumps(obj, indent=2).encode())
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    ending in :obj:`.json`) through :func:`torch_enf.io.atomic_path`:
+    :obj:`path` always holds either the previous or the new complete file,
+    even if the process is killed while writing."""
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        if path.endswith('.json'):
+            f.write(json.dumps(obj, indent=2).encode())
+        else:
+            torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class NLLEstimate(NamedTuple):
@@ -315,6 +306,11 @@ def fit(
         log(f'Resuming {out} after epoch {state.epoch}')
     elif context.is_main:
         os.makedirs(out, exist_ok=True)
+    if context.is_main:
+        stale = remove_temporaries(out)
+        if stale:
+            log(f'Removed {len(stale)} unfinished temporary file(s) of an '
+                f'interrupted run from {out}')
     start = time.time() - state.wall_clock_s
     total_steps = epochs * len(train_loader) \
         if hasattr(train_loader, '__len__') else None

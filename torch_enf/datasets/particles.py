@@ -1,5 +1,6 @@
 r"""The DW4 and LJ13 many-body particle systems as PyG datasets."""
 import hashlib
+import numbers
 import os
 import os.path as osp
 from typing import Any, Callable, Dict, Optional
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
+from .cache import load_processed
 from .energies import DoubleWellEnergy, LennardJonesEnergy, ParticleEnergy
 from .sampling import MALASampler, remove_mean
 
@@ -77,8 +79,11 @@ class ParticleSystem(InMemoryDataset):
         if n_train is not None and split != 'train':
             raise ValueError(f"'n_train' only applies to the 'train' split "
                              f"(got split '{split}')")
-        if n_train is not None and n_train < 1:
-            raise ValueError(f"'n_train' must be positive (got {n_train})")
+        if n_train is not None and (isinstance(n_train, bool) or
+                                    not isinstance(n_train, numbers.Integral)
+                                    or n_train < 1):
+            raise ValueError(f"'n_train' must be a positive integer (got "
+                             f"{n_train!r})")
         if num_samples is not None and num_samples < 1:
             raise ValueError(f"'num_samples' must be positive "
                              f"(got {num_samples})")
@@ -96,7 +101,7 @@ class ParticleSystem(InMemoryDataset):
                                **(sampler_kwargs or {})}
         self.progress = progress
         super().__init__(root, transform, force_reload=force_reload)
-        self.load(self.processed_paths[0])
+        load_processed(self)
         if n_train is not None:
             if n_train > len(self):
                 raise ValueError(
@@ -159,6 +164,10 @@ class ParticleSystem(InMemoryDataset):
             raise ValueError(f"Source '{path}' contains "
                              f"{int((~np.isfinite(array)).sum())} non-finite "
                              f"values")
+        too_large = np.abs(array) > np.finfo(np.float32).max
+        if too_large.any():
+            raise ValueError(f"Source '{path}' holds {int(too_large.sum())} "
+                             f"values beyond the float32 range")
         pos = torch.from_numpy(array).double().view(-1, self.num_particles,
                                                     self.n_dims)
         return remove_mean(pos).float()

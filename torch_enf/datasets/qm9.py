@@ -17,6 +17,8 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 from tqdm import tqdm
 
+from torch_enf.datasets.cache import load_processed
+
 logger = logging.getLogger(__name__)
 
 NUM_QM9_IDS = 133885
@@ -482,7 +484,7 @@ class QM9(InMemoryDataset):
         self.source = self._resolve_source(str(source))
         super().__init__(root, transform, pre_transform, pre_filter, log=log,
                          force_reload=force_reload)
-        self.load(self.processed_paths[0])
+        load_processed(self)
 
     @property
     def raw_file_names(self) -> List[str]:
