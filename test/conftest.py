@@ -12,29 +12,6 @@ SHARED_DATA = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data'
 torch.set_num_threads(1)
 
 
-def random_orthogonal(n: int, generator: torch.Generator,
-                      reflect: bool = True) -> torch.Tensor:
-    r"""A random orthogonal matrix (a reflection when :obj:`reflect`)."""
-    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator,
-                                       dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if reflect == bool(torch.det(q) > 0):
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def permutation_within_graphs(batch: torch.Tensor,
-                              generator: torch.Generator) -> torch.Tensor:
-    r"""A node permutation that keeps every node inside its own graph (so the
-    permuted batch vector stays sorted)."""
-    perm = torch.empty_like(batch)
-    for g in batch.unique():
-        nodes = torch.nonzero(batch == g).view(-1)
-        perm[nodes] = nodes[torch.randperm(nodes.numel(),
-                                           generator=generator)]
-    return perm
-
-
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(12345)

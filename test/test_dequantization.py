@@ -9,7 +9,7 @@ from torch_enf.flows import (ActNorm, ArgmaxDequantizer, UniformDequantizer,
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import center_pos
 
-from .conftest import permutation_within_graphs, random_orthogonal
+from torch_enf.testing import permutation_within_graphs, random_orthogonal
 
 ATOMIC_NUMBERS = torch.tensor([1, 6, 7, 8, 9])
 

@@ -3,7 +3,9 @@ import torch
 
 from torch_enf.nn import EGCL, EGNN, full_edge_index, radius_graph
 
-from .conftest import mixed_batch, permutation_within_graphs, random_orthogonal
+from torch_enf.testing import assert_equivariant
+
+from .conftest import mixed_batch
 
 SIZES = [3, 5, 2, 7]
 
@@ -15,50 +17,29 @@ LAYER_OPTIONS = [
 ]
 
 
-def edge_attributes(edge_index, dim, generator):
-    # Symmetric, transformation-invariant edge attributes.
-    if dim == 0:
-        return None
-    src, dst = edge_index
-    key = torch.minimum(src, dst) * 1000 + torch.maximum(src, dst)
-    table = torch.randn(int(key.max()) + 1, dim, generator=generator,
-                        dtype=torch.float64)
-    return table[key]
-
-
 def transform_check(model, n_dims, generator, channels, edge_dim=0,
                     graph='full', vel=False):
+    r"""Checks the layer (or network) with :func:`assert_equivariant` on a
+    fully connected or radius graph built from the (transformed) input;
+    edge attributes are invariant functions of their node pair, so they
+    follow the nodes."""
     pos, h, batch = mixed_batch(SIZES, n_dims, generator, channels)
-    edge_index = full_edge_index(batch) if graph == 'full' else \
-        radius_graph(pos, 2.5, batch)
-    edge_attr = edge_attributes(edge_index, edge_dim, generator)
-    q = random_orthogonal(n_dims, generator)
-    shift = torch.randn(1, n_dims, generator=generator, dtype=torch.float64)
-    perm = permutation_within_graphs(batch, generator)
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(perm.numel())
+    velocity = torch.randn(pos.shape, generator=generator,
+                           dtype=torch.float64)
 
-    extra = {}
-    if vel:
-        extra['vel'] = torch.randn(pos.shape, generator=generator,
-                                   dtype=torch.float64)
-    out = model(h, pos, edge_index, edge_attr, **extra)
+    def run(pos, h, batch, vel=None):
+        edge_index = full_edge_index(batch) if graph == 'full' else \
+            radius_graph(pos, 2.5, batch)
+        source, target = edge_index
+        edge_attr = None if edge_dim == 0 else \
+            (h[source] * h[target])[:, :edge_dim]
+        return model(h, pos, edge_index, edge_attr,
+                     **({} if vel is None else dict(vel=vel)))
 
-    pos_t = pos @ q.t() + shift
-    edge_index_t = full_edge_index(batch) if graph == 'full' else \
-        radius_graph(pos_t[perm], 2.5, batch)
-    # Relabel edges so that the attributes follow their node pairs.
-    if graph == 'full':
-        edge_index_t = inv[edge_index]
-    extra_t = {k: (v @ q.t())[perm] for k, v in extra.items()}
-    edge_attr_t = edge_attributes(edge_index_t, 0, generator) \
-        if edge_dim == 0 else edge_attr
-    out_t = model(h[perm], pos_t[perm], edge_index_t, edge_attr_t, **extra_t)
-
-    torch.testing.assert_close(out_t[0], out[0][perm])  # h invariant
-    torch.testing.assert_close(out_t[1], (out[1] @ q.t() + shift)[perm])
-    if vel:
-        torch.testing.assert_close(out_t[2], (out[2] @ q.t())[perm])
+    kinds = ('node', 'positions') + (('vectors', ) if vel else ())
+    out = assert_equivariant(run, pos, h, batch, kinds,
+                             vectors=velocity if vel else None,
+                             generator=generator)
     # The layer must do something for the check to mean anything.
     assert not torch.allclose(out[1], pos)
     return out

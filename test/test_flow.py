@@ -10,7 +10,9 @@ from torch_enf.flows import (ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS,
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import center_pos
 
-from .conftest import mixed_batch, permutation_within_graphs, random_orthogonal
+from torch_enf.testing import assert_equivariant
+
+from .conftest import mixed_batch
 
 TIGHT = dict(rtol=1e-8, atol=1e-8, eval_rtol=1e-8, eval_atol=1e-8)
 
@@ -42,17 +44,13 @@ def as_batch(pos, h, batch, channels):
 def test_vector_field_is_equivariant(n_dims, channels, generator):
     flow = make_flow(n_dims, channels)
     pos, h, batch = mixed_batch([3, 6, 2, 4], n_dims, generator, channels)
-    edge_index = full_edge_index(batch)
     t = torch.tensor(0.3, dtype=torch.float64)
-    v_pos, v_h = flow.dynamics(t, pos, h, edge_index, batch)
 
-    q = random_orthogonal(n_dims, generator)
-    shift = torch.randn(1, n_dims, generator=generator, dtype=torch.float64)
-    perm = permutation_within_graphs(batch, generator)
-    v_pos_t, v_h_t = flow.dynamics(t, (pos @ q.t() + shift)[perm], h[perm],
-                                   edge_index, batch)
-    torch.testing.assert_close(v_pos_t, (v_pos @ q.t())[perm])
-    torch.testing.assert_close(v_h_t, v_h[perm])
+    def field(pos, h, batch):
+        return flow.dynamics(t, pos, h, full_edge_index(batch), batch)
+
+    v_pos, _ = assert_equivariant(field, pos, h, batch, ('vectors', 'node'),
+                                  generator=generator)
     assert v_pos.abs().max() > 1e-3
 
 
@@ -150,14 +148,9 @@ def test_batch_equals_one_by_one(n_dims, channels, generator):
 def test_log_prob_is_invariant(n_dims, generator):
     flow = make_flow(n_dims, 2)
     pos, h, batch = mixed_batch([3, 5], n_dims, generator, 2)
-    q = random_orthogonal(n_dims, generator)
-    shift = 3 * torch.randn(1, n_dims, generator=generator,
-                            dtype=torch.float64)
-    perm = permutation_within_graphs(batch, generator)
-    before = flow.log_prob(as_batch(pos, h, batch, 2))
-    after = flow.log_prob(as_batch((pos @ q.t() + shift)[perm], h[perm],
-                                   batch, 2))
-    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert_equivariant(lambda pos, h, batch: flow.log_prob(
+        as_batch(pos, h, batch, 2)), pos, h, batch, ('graph', ),
+        generator=generator, rtol=1e-7, atol=1e-6)
 
 
 def test_sample_returns_centred_batches_of_the_asked_sizes():

@@ -18,7 +18,9 @@ from torch_enf.objectives import (OBJECTIVES, FlowMatching, MaximumLikelihood,
                                   transport_cost)
 from torch_enf.utils import center_pos
 
-from .conftest import mixed_batch, permutation_within_graphs, random_orthogonal
+from torch_enf.testing import permutation_within_graphs, random_orthogonal
+
+from .conftest import mixed_batch
 
 
 def centred_batch(sizes, n_dims, generator, channels=0):

@@ -9,9 +9,9 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from torch_geometric.data import Batch, Data
 
-ELEMENT_SYMBOLS = ('H', 'He', 'Li', 'Be', 'B', 'C', 'N', 'O', 'F', 'Ne',
-                   'Na', 'Mg', 'Al', 'Si', 'P', 'S', 'Cl', 'Ar')
-r"""Symbols of atomic numbers 1 to 18."""
+from torch_enf.elements import SYMBOLS
+
+ELEMENT_SYMBOLS = SYMBOLS
 
 
 TEMPORARY_PREFIX = '.tmp-'

@@ -7,17 +7,12 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from torch_enf.elements import STYLES
 from torch_enf.io import atomic_path
 from torch_enf.metrics.bonds import infer_bonds
 from torch_enf.metrics.particles import SampleComparison
 
-ELEMENT_STYLE = {  # atomic number: (symbol, colour, marker size)
-    1: ('H', '#d9d9d9', 40),
-    6: ('C', '#404040', 110),
-    7: ('N', '#3050f8', 110),
-    8: ('O', '#ff0d0d', 110),
-    9: ('F', '#90e050', 100),
-}
+ELEMENT_STYLE = STYLES
 UNKNOWN_STYLE = ('?', '#ff1493', 110)
 
 

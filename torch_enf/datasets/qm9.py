@@ -18,6 +18,7 @@ from torch_geometric.data import Data, InMemoryDataset
 from tqdm import tqdm
 
 from torch_enf.datasets.cache import load_processed
+from torch_enf.elements import QM9_ATOMIC_NUMBERS, QM9_SYMBOLS
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ of the original QM9 publication (``uncharacterized.txt``)."""
 SPLIT_SIZES = {'train': 100000, 'valid': 17748, 'test': 13083}
 MAX_ATOMS = 29
 POSITIONAL_NUM_ATOMS = 19
-ATOM_TYPES = ('H', 'C', 'N', 'O', 'F')
-ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
+ATOM_TYPES = QM9_SYMBOLS
+ATOMIC_NUMBERS = QM9_ATOMIC_NUMBERS
 
 PYG_RAW_URL = ('https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/'
                'molnet_publish/qm9.zip')

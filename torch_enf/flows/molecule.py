@@ -5,14 +5,13 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
+from torch_enf.elements import QM9_ATOMIC_NUMBERS
 from torch_enf.flows.actnorm import ActNorm
 from torch_enf.flows.dequantization import DEQUANTIZERS, Dequantizer
 from torch_enf.flows.enflow import ENFlow, FlowInputs
 from torch_enf.flows.node_count import NodeCountDistribution
 from torch_enf.utils import (center_pos_exact, check_batch_vector,
                              default_batch, graph_sizes)
-
-QM9_ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
 
 
 class _Transformed(NamedTuple):

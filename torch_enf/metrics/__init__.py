@@ -1,4 +1,4 @@
-from .divergence import histogram_js_divergence, pairwise_distances
+from .histograms import histogram_js_divergence, pairwise_distances
 from .bonds import infer_bonds
 from .particles import SampleComparison, compare_samples
 from .stability import stability, stable_atoms

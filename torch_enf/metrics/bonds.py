@@ -18,12 +18,12 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from torch_enf.elements import QM9_ATOMIC_NUMBERS, QM9_SYMBOLS, VALENCES
 from torch_enf.nn.graph import full_edge_index
 from torch_enf.utils import check_batch_vector, check_finite, default_batch
 
-ELEMENTS = ('H', 'C', 'N', 'O', 'F')
-ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
-VALENCES = {'H': 1, 'C': 4, 'N': 3, 'O': 2, 'F': 1}
+ELEMENTS = QM9_SYMBOLS
+ATOMIC_NUMBERS = QM9_ATOMIC_NUMBERS
 
 SINGLE_BOND_PM = {
     'HH': 74, 'HC': 109, 'HN': 101, 'HO': 96, 'HF': 92, 'CC': 154,

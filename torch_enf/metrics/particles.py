@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from torch_enf.metrics.divergence import (histogram_js_divergence,
+from torch_enf.metrics.histograms import (histogram_js_divergence,
                                           pairwise_distances)
 
 Range = Tuple[float, float]
