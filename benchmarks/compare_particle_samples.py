@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from torch_enf.datasets import DW4, LJ13, LennardJonesEnergy, MALASampler
-from torch_enf.datasets.sampling import remove_mean
+from torch_enf.systems import remove_mean
 from torch_enf.metrics import histogram_js_divergence, pairwise_distances
 
 PUBLISHED = {

@@ -1,7 +1,11 @@
-from .qm9 import QM9
-from .energies import DoubleWellEnergy, LennardJonesEnergy, ParticleEnergy
-from .sampling import MALASampler
+r"""PyG data sets: QM9 and the DW4 / LJ13 particle systems. The energies and
+the sampler live in :mod:`torch_enf.systems` (also importable from here)."""
+from torch_enf.systems import (DoubleWellEnergy, LennardJonesEnergy,
+                               MALASampler, ParticleEnergy)
+
 from .particles import DW4, LJ13, ParticleSystem
+from .qm9 import QM9
+
 __all__ = [
     'QM9',
     'ParticleEnergy',

@@ -11,8 +11,8 @@ from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
 from .cache import load_processed
-from .energies import DoubleWellEnergy, LennardJonesEnergy, ParticleEnergy
-from .sampling import MALASampler, remove_mean
+from torch_enf.systems import (DoubleWellEnergy, LennardJonesEnergy,
+                               MALASampler, ParticleEnergy, remove_mean)
 
 SPLITS = ('train', 'valid', 'test')
 

@@ -1,6 +1,6 @@
 import contextlib
 import numbers
-from typing import (Any, Iterator, List, NamedTuple, Optional, Sequence,
+from typing import (Any, Iterator, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
 import torch
@@ -368,33 +368,67 @@ class ENFlow(torch.nn.Module):
             torch_geometric.data.Batch: Graphs with :obj:`pos` (centred) and,
             when :obj:`node_channels > 0`, :obj:`h`.
         """
-        sizes = self._sample_sizes(num_nodes, num_samples)
-        chunks = sizes.split(batch_size or sizes.numel())
-        data_list = []
-        with tqdm(total=sizes.numel(), desc='sampling', leave=False,
-                  disable=not progress) as bar:
-            for chunk in chunks:
-                data_list.extend(self._sample_chunk(chunk, generator))
-                bar.update(chunk.numel())
-        return Batch.from_data_list(data_list)
+        return self._sample(num_nodes, num_samples, generator, batch_size,
+                            progress, trace=None)[0]
 
-    def _sample_chunk(self, sizes: Tensor,
-                      generator: Optional[torch.Generator]) -> List[Data]:
-        batch = torch.repeat_interleave(
-            torch.arange(sizes.numel(), device=sizes.device), sizes)
-        z_pos, z_h = self.sample_base(batch, sizes.numel(), generator)
-        out = self.decode(z_pos, z_h if self.node_channels > 0 else None,
-                          batch)
-        data_list = []
-        for pos, h in zip(out.pos.split(sizes.tolist()),
-                          out.h.split(sizes.tolist())):
-            data = Data(pos=pos)
-            if self.node_channels > 0:
-                data.h = h
-            data_list.append(data)
-        return data_list
+    @torch.no_grad()
+    def sample_with_log_prob(
+        self,
+        num_nodes: Union[int, Sequence[int], Tensor],
+        num_samples: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        batch_size: Optional[int] = None,
+        progress: bool = False,
+        trace: str = 'exact',
+    ) -> Tuple[Batch, Tensor]:
+        r"""Draws graphs as :meth:`sample` does, with the log-density of
+        each under the flow,
+
+        .. math::
+            \log q(\mathbf{x}) = \log p(\mathbf{z}) - \log \left|\det
+            \frac{\partial \mathbf{x}}{\partial \mathbf{z}}\right|,
+
+        from the same solve (exact trace by default), as needed for
+        importance weights (:mod:`torch_enf.boltzmann`).
+
+        Returns:
+            :obj:`(samples, log_prob)`, the second of shape
+            :obj:`[num_graphs]`.
+        """
+        return self._sample(num_nodes, num_samples, generator, batch_size,
+                            progress, self._resolve_trace(trace))
 
     # Internals -------------------------------------------------------------
+
+    def _sample(self, num_nodes: Union[int, Sequence[int], Tensor],
+                num_samples: Optional[int],
+                generator: Optional[torch.Generator],
+                batch_size: Optional[int], progress: bool,
+                trace: Optional[str]) -> Tuple[Batch, Optional[Tensor]]:
+        sizes = self._sample_sizes(num_nodes, num_samples)
+        data_list, log_probs = [], []
+        with tqdm(total=sizes.numel(), desc='sampling', leave=False,
+                  disable=not progress) as bar:
+            for chunk in sizes.split(batch_size or sizes.numel()):
+                batch = torch.repeat_interleave(
+                    torch.arange(chunk.numel(), device=chunk.device), chunk)
+                z_pos, z_h = self.sample_base(batch, chunk.numel(),
+                                              generator)
+                out = self.decode(z_pos, z_h if self.node_channels > 0
+                                  else None, batch, trace=trace)
+                if trace is not None:
+                    base = self.base_log_prob(FlowResult(
+                        z_pos, z_h, None, None, batch, chunk.numel()))
+                    log_probs.append(base - out.log_det)
+                for pos, h in zip(out.pos.split(chunk.tolist()),
+                                  out.h.split(chunk.tolist())):
+                    data = Data(pos=pos)
+                    if self.node_channels > 0:
+                        data.h = h
+                    data_list.append(data)
+                bar.update(chunk.numel())
+        return (Batch.from_data_list(data_list),
+                torch.cat(log_probs) if trace is not None else None)
 
     def _solve(self, pos: Tensor, h: Tensor, batch: Tensor, num_graphs: int,
                t0: float, t1: float, trace: Optional[str],
