@@ -1,7 +1,7 @@
 r"""Small helpers shared by the layers, the flows and the data sets: graph
 sizes, centring of point clouds and input validation."""
 import contextlib
-from typing import Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Type
 
 import torch
 from torch import Tensor
@@ -156,3 +156,38 @@ def checking_values() -> bool:
     if torch.compiler.is_compiling():
         return False
     return _checks['debug'] or _checks['depth'] == 0
+
+
+class Registry(Dict[str, type]):
+    r"""Names of the subclasses of an extension point (dequantisers,
+    objectives): :meth:`register` is a class decorator that adds a subclass
+    under a name (also stored as its :obj:`name` attribute) and
+    :meth:`create` builds one by name.
+
+    Args:
+        base (type): The base class every entry derives from.
+        kind (str): What the entries are, for error messages.
+    """
+    def __init__(self, base: type, kind: str):
+        super().__init__()
+        self.base = base
+        self.kind = kind
+
+    def register(self, name: str) -> Callable[[Type], Type]:
+        def add(cls: Type) -> Type:
+            if not (isinstance(cls, type) and issubclass(cls, self.base)):
+                raise TypeError(f"{cls!r} is not a {self.base.__name__} "
+                                f"subclass")
+            if name in self:
+                raise ValueError(f"A {self.kind} named {name!r} is "
+                                 f"registered already")
+            cls.name = name
+            self[name] = cls
+            return cls
+        return add
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        if name not in self:
+            raise ValueError(f"Unknown {self.kind} {name!r} (expected one "
+                             f"of {sorted(self)})")
+        return self[name](**kwargs)

@@ -21,15 +21,15 @@ The common inverse (the quantiser) is
 * integer columns: :math:`\lfloor v \rfloor`.
 """
 import math
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Callable, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from torch_enf.nn import EGNN, full_edge_index
-from torch_enf.utils import (check_batch_vector, check_finite, default_batch,
-                             num_graphs_of, scatter_sum)
+from torch_enf.utils import (Registry, check_batch_vector, check_finite,
+                             default_batch, num_graphs_of, scatter_sum)
 
 
 class Dequantizer(torch.nn.Module):
@@ -107,7 +107,7 @@ class Dequantizer(torch.nn.Module):
         return batch, num_graphs_of(batch)
 
 
-DEQUANTIZERS: Dict[str, Type[Dequantizer]] = {}
+DEQUANTIZERS = Registry(Dequantizer, 'dequantizer')
 r"""The dequantisers by name; see :func:`register_dequantizer`."""
 
 
@@ -115,15 +115,7 @@ def register_dequantizer(name: str) -> Callable[[Type[Dequantizer]],
                                                 Type[Dequantizer]]:
     r"""Class decorator that adds a :class:`Dequantizer` subclass to
     :obj:`DEQUANTIZERS` under :obj:`name`."""
-    def register(cls: Type[Dequantizer]) -> Type[Dequantizer]:
-        if not (isinstance(cls, type) and issubclass(cls, Dequantizer)):
-            raise TypeError(f"{cls!r} is not a Dequantizer subclass")
-        if name in DEQUANTIZERS:
-            raise ValueError(f"A dequantizer named {name!r} is registered "
-                             f"already")
-        DEQUANTIZERS[name] = cls
-        return cls
-    return register
+    return DEQUANTIZERS.register(name)
 
 
 @register_dequantizer('uniform')

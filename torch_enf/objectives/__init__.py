@@ -1,6 +1,7 @@
 r"""Training objectives of the flows: :obj:`objective(model, batch)` returns
 one loss per graph, shape :obj:`[num_graphs]`."""
-from .base import OBJECTIVES, Objective, objective_from_name, register_objective
+from .base import (OBJECTIVES, Objective, objective_from_name,
+                   register_objective)
 from .likelihood import MaximumLikelihood
 from .flow_matching import FlowMatching, flow_matching_loss
 from .alignment import (align_base_samples, kabsch, match_graphs,

@@ -5,6 +5,8 @@ from typing import Any, Callable, Dict, Type
 import torch
 from torch import Tensor
 
+from torch_enf.utils import Registry
+
 
 class Objective(ABC):
     r"""Base class of the training objectives of the flows.
@@ -38,7 +40,7 @@ class Objective(ABC):
         return f'{self.__class__.__name__}({options})'
 
 
-OBJECTIVES: Dict[str, Type[Objective]] = {}
+OBJECTIVES = Registry(Objective, 'objective')
 r"""The objectives by name; see :func:`register_objective`."""
 
 
@@ -46,21 +48,9 @@ def register_objective(name: str) -> Callable[[Type[Objective]],
                                               Type[Objective]]:
     r"""Class decorator that adds an :class:`Objective` subclass to
     :obj:`OBJECTIVES` under :obj:`name` (also stored as its :obj:`name`)."""
-    def register(cls: Type[Objective]) -> Type[Objective]:
-        if not (isinstance(cls, type) and issubclass(cls, Objective)):
-            raise TypeError(f"{cls!r} is not an Objective subclass")
-        if name in OBJECTIVES:
-            raise ValueError(f"An objective named {name!r} is registered "
-                             f"already")
-        cls.name = name
-        OBJECTIVES[name] = cls
-        return cls
-    return register
+    return OBJECTIVES.register(name)
 
 
 def objective_from_name(name: str, **kwargs: Any) -> Objective:
     r"""Builds the registered objective :obj:`name` with :obj:`kwargs`."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"Unknown objective {name!r} (expected one of "
-                         f"{sorted(OBJECTIVES)})")
-    return OBJECTIVES[name](**kwargs)
+    return OBJECTIVES.create(name, **kwargs)

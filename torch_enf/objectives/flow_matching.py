@@ -45,7 +45,8 @@ class FlowMatching(Objective):
     base distribution, since it is invariant to both, and makes the paths
     shorter and straighter, so that the trained flow needs fewer solver
     steps. With :obj:`minibatch_ot`, base samples are also exchanged between
-    graphs of the same size (:func:`~torch_enf.objectives.alignment.match_graphs`).
+    graphs of the same size
+    (:func:`~torch_enf.objectives.alignment.match_graphs`).
 
     The model must provide :obj:`flow_inputs(data)`, :obj:`velocity(t, pos,
     h, batch, num_graphs)` and :obj:`sample_base(batch, num_graphs,
