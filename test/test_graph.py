@@ -92,3 +92,20 @@ def test_torch_cluster_path_agrees_with_pure_torch(generator, monkeypatch):
     without = radius_graph(pos, 2.5, batch, max_num_neighbors=3)
     assert torch_cluster is not None
     assert torch.equal(with_cluster, without)
+
+
+@pytest.mark.parametrize('n_dims', [2, 3])
+def test_cell_list_equals_all_pairs(n_dims, monkeypatch):
+    generator = torch.Generator().manual_seed(n_dims)
+    sizes = torch.tensor([150, 3, 90, 1])
+    batch = torch.repeat_interleave(torch.arange(4), sizes)
+    pos = 5 * torch.rand(batch.numel(), n_dims, generator=generator) - 2
+    monkeypatch.setattr(graph_module, 'torch_cluster', None)
+    monkeypatch.setattr(graph_module, 'CELL_LIST_MIN_NODES', 10 ** 9)
+    expected = radius_graph(pos, 0.9, batch)
+    bounded = radius_graph(pos, 0.9, batch, max_num_neighbors=4)
+    monkeypatch.setattr(graph_module, 'CELL_LIST_MIN_NODES', 0)
+    assert torch.equal(radius_graph(pos, 0.9, batch), expected)
+    assert torch.equal(radius_graph(pos, 0.9, batch, max_num_neighbors=4),
+                       bounded)
+    assert expected.size(1) > 500

@@ -11,6 +11,10 @@ from torch import Tensor
 
 from torch_enf.utils import check_batch_vector, default_batch, graph_sizes
 
+CELL_LIST_MIN_NODES = 128
+r"""Without :obj:`torch_cluster`, graphs larger than this are connected
+through a cell list (linear cost) rather than by testing all node pairs."""
+
 try:  # pragma: no cover - depends on the optional 'fast' extra
     import torch_cluster
 except ImportError:  # pragma: no cover
@@ -86,6 +90,8 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None,
 
     if torch_cluster is not None:
         edge_index = _radius_graph_cluster(pos, r, batch)
+    elif int(graph_sizes(batch).max()) > CELL_LIST_MIN_NODES:
+        edge_index = _radius_graph_cells(pos, r, batch)
     else:
         edge_index = _radius_graph_torch(pos, r, batch)
     edge_index = _sort_by_target(edge_index, pos.size(0))
@@ -99,6 +105,51 @@ def _radius_graph_torch(pos: Tensor, r: float, batch: Tensor) -> Tensor:
     dist2 = (pos.index_select(0, candidates[0]) -
              pos.index_select(0, candidates[1])).pow(2).sum(dim=-1)
     return candidates[:, dist2 <= r * r]
+
+
+def _radius_graph_cells(pos: Tensor, r: float, batch: Tensor) -> Tensor:
+    r"""A cell list: nodes are binned into cubes of edge :obj:`r` per graph
+    and only pairs in neighbouring cubes are tested, so the cost follows
+    the number of edges (linear in the nodes at fixed density) instead of
+    the number of node pairs."""
+    n_dims = pos.size(-1)
+    coords = pos.detach()
+    num_graphs = int(batch.max()) + 1
+    low = torch.full((num_graphs, n_dims), float('inf'), dtype=coords.dtype,
+                     device=coords.device).scatter_reduce(
+        0, batch.view(-1, 1).expand(-1, n_dims), coords, 'amin')
+    cell = ((coords - low.index_select(0, batch)) / r).floor().long()
+    extent = int(cell.max()) + 3  # room for the -1 / +1 neighbours
+    cell = cell + 1
+
+    def key(cells: Tensor, graph: Tensor) -> Tensor:
+        out = graph.clone()
+        for d in range(n_dims):
+            out = out * extent + cells[:, d]
+        return out
+
+    node_key = key(cell, batch)
+    order = torch.argsort(node_key)
+    sorted_key = node_key[order]
+    offsets = torch.cartesian_prod(*[torch.tensor(
+        [-1, 0, 1], device=pos.device)] * n_dims).view(-1, n_dims)
+    sources, targets = [], []
+    for offset in offsets:
+        neighbour = key(cell + offset, batch)
+        start = torch.searchsorted(sorted_key, neighbour)
+        count = torch.searchsorted(sorted_key, neighbour, right=True) - start
+        target = torch.repeat_interleave(
+            torch.arange(pos.size(0), device=pos.device), count)
+        first = torch.cumsum(count, 0) - count
+        rank = torch.arange(target.numel(), device=pos.device) - \
+            first.index_select(0, target)
+        sources.append(order[start.index_select(0, target) + rank])
+        targets.append(target)
+    source, target = torch.cat(sources), torch.cat(targets)
+    dist2 = (coords.index_select(0, source) -
+             coords.index_select(0, target)).pow(2).sum(dim=-1)
+    keep = (dist2 <= r * r) & (source != target)
+    return torch.stack([source[keep], target[keep]], dim=0)
 
 
 def _radius_graph_cluster(pos: Tensor, r: float,
