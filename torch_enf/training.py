@@ -14,6 +14,7 @@ from typing import (Any, Callable, Dict, Iterable, List, NamedTuple, Optional,
                     Union)
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from torch_enf.distributed import (DistributedContext, barrier,
@@ -53,11 +54,14 @@ class NLLEstimate(NamedTuple):
         num_graphs (int): The number of graphs.
         num_evals (float): Mean vector-field evaluations per ODE solve
             (NFE).
+        values (torch.Tensor): The NLL of every graph, :obj:`[num_graphs]`
+            (float64, on the CPU).
     """
     nll: float
     stderr: float
     num_graphs: int
     num_evals: float
+    values: Tensor
 
 
 @torch.no_grad()
@@ -74,14 +78,15 @@ def evaluate_nll(flow: torch.nn.Module, loader: Iterable,
     ode_flow = getattr(flow, 'flow', flow)  # the ENFlow of a MoleculeFlow
     values, evals = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        values.append(-flow.log_prob(batch.to(device), trace=trace).double())
+        values.append(-flow.log_prob(batch.to(device),
+                                     trace=trace).double().cpu())
         evals.append(ode_flow.num_evals)
     flow.train(was_training)
     values = torch.cat(values)
     stderr = float(values.std() / values.numel() ** 0.5) \
         if values.numel() > 1 else float('nan')
     return NLLEstimate(float(values.mean()), stderr, values.numel(),
-                       sum(evals) / len(evals))
+                       sum(evals) / len(evals), values)
 
 
 def clip_gradients(parameters: Iterable[torch.Tensor],

@@ -99,6 +99,36 @@ def plot_sample_comparison(comparison: SampleComparison, path: str,
     _save(figure, path, dpi)
 
 
+def plot_reweighted_energies(energy_data: Tensor, energy_samples: Tensor,
+                             log_weights: Tensor, path: str, title: str = '',
+                             bins: int = 80, dpi: int = 120) -> None:
+    r"""Energy histograms of the data, of the raw flow samples and of the
+    samples reweighted by their importance weights
+    (:mod:`torch_enf.boltzmann`), on the 0.1% to 99.9% range of the
+    data's energies."""
+    from torch_enf.boltzmann import weighted_histogram
+    plt = _pyplot()
+    lo = float(torch.quantile(energy_data.double(), 0.001))
+    hi = float(torch.quantile(energy_data.double(), 0.999))
+    edges = torch.linspace(lo, hi, bins + 1)
+    centres, width = (edges[1:] + edges[:-1]) / 2, (hi - lo) / bins
+    finite = torch.isfinite(energy_samples)
+    figure, ax = plt.subplots(figsize=(5, 3.5))
+    for values, weights, label in (
+            (energy_data, torch.zeros(energy_data.numel()), 'data'),
+            (energy_samples[finite], torch.zeros(int(finite.sum())),
+             'flow samples'),
+            (energy_samples[finite], log_weights[finite], 'reweighted')):
+        density = weighted_histogram(values.double(), weights.double(), bins,
+                                     (lo, hi)) / width
+        ax.step(centres.numpy(), density.numpy(), where='mid', label=label)
+    ax.set_xlabel('energy (kT)')
+    ax.set_ylabel('density')
+    ax.set_title(title)
+    ax.legend()
+    _save(figure, path, dpi)
+
+
 def _pyplot():
     try:
         import matplotlib

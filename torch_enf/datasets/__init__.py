@@ -3,7 +3,7 @@ the sampler live in :mod:`torch_enf.systems` (also importable from here)."""
 from torch_enf.systems import (DoubleWellEnergy, LennardJonesEnergy,
                                MALASampler, ParticleEnergy)
 
-from .particles import DW4, LJ13, ParticleSystem
+from .particles import DW4, LJ13, LJ13Halved, ParticleSystem
 from .qm9 import QM9
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     'ParticleSystem',
     'DW4',
     'LJ13',
+    'LJ13Halved',
 ]

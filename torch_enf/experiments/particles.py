@@ -10,7 +10,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch_geometric.loader import DataLoader
 
-from torch_enf.datasets import DW4, LJ13
+from torch_enf.boltzmann import (entropy_bracket, importance_weights,
+                                 log_partition_function)
+from torch_enf.datasets import DW4, LJ13, LJ13Halved
 from torch_enf.experiments.common import (add_training_arguments,
                                           format_results, parse,
                                           prepare_run, run_summary,
@@ -19,9 +21,10 @@ from torch_enf.experiments.common import (add_training_arguments,
 from torch_enf.flows import ENFlow
 from torch_enf.metrics import compare_samples
 from torch_enf.training import atomic_save, evaluate_nll
-from torch_enf.visualization import plot_sample_comparison
+from torch_enf.visualization import (plot_reweighted_energies,
+                                     plot_sample_comparison)
 
-SYSTEMS = {'dw4': DW4, 'lj13': LJ13}
+SYSTEMS = {'dw4': DW4, 'lj13': LJ13, 'lj13-halved': LJ13Halved}
 SWEEPS = {  # (n_train, epochs, batch size) of Table 1
     'ml': {
         'dw4': [(100, 1000, 100), (1000, 300, 100), (10000, 50, 100),
@@ -36,6 +39,8 @@ SWEEPS = {  # (n_train, epochs, batch size) of Table 1
                  (10000, 100, 100)],
     },
 }
+SWEEPS['ml']['lj13-halved'] = SWEEPS['ml']['lj13']
+SWEEPS['fm']['lj13-halved'] = SWEEPS['fm']['lj13']
 QUICK = {
     ('dw4', 'fm'): dict(n_train=1000, epochs=1000, num_valid=500,
                         num_test=1000, eval_every=100, num_samples=1000),
@@ -46,6 +51,8 @@ QUICK = {
     ('lj13', 'ml'): dict(n_train=100, epochs=15, num_valid=100,
                          num_test=100, eval_every=5, num_samples=200),
 }
+QUICK.update({('lj13-halved', objective): QUICK['lj13', objective]
+              for objective in ('fm', 'ml')})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    'for LJ13 (its exact trace is 39 Jacobian-vector products)')
     p.add_argument('--published-test', default=None,
                    help='also evaluate on this .npy test split')
+    p.add_argument('--boltzmann-samples', type=int, default=0,
+                   help='flow samples for importance weights: ESS, log Z '
+                   'and the entropy floor H(p) of the test NLL (exact '
+                   'trace)')
     p.add_argument('--sweep', action='store_true',
                    help="the training-set-size sweep of Table 1")
     add_training_arguments(parser, lr=5e-4)
@@ -72,6 +83,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  lambda known: QUICK[known.system, known.objective])
     if args.n_train < 1:
         raise ValueError(f'--n-train must be positive (got {args.n_train})')
+    if args.boltzmann_samples < 0:
+        raise ValueError('--boltzmann-samples must be non-negative')
     if args.published_test and not osp.isfile(args.published_test):
         raise ValueError(f'--published-test {args.published_test} is not a '
                          f'file')
@@ -96,7 +109,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     train_set = system(root, 'train', n_train=args.n_train)
     valid_set = subset(system(root, 'valid'), args.num_valid)
     valid_trace = args.valid_trace or (
-        'exact' if args.system == 'dw4' else 'hutchinson')
+        'exact' if system.num_particles < 10 else 'hutchinson')
     flow = build_flow(args, system.n_dims).to(device)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
                         drop_last=len(train_set) >= args.batch_size)
@@ -141,7 +154,36 @@ def evaluate(args: argparse.Namespace, flow: ENFlow, system,
         comparison, osp.join(out, 'samples.png'),
         f'{args.system.upper()}, n_train={args.n_train}, {args.objective}',
         samples.cpu() if system.n_dims == 2 else None)
+    if args.boltzmann_samples:
+        test_positions = torch.stack([d.pos for d in test_set])
+        results.update(boltzmann_metrics(args, flow, system, test_positions,
+                                         test.values, out))
     return results
+
+
+def boltzmann_metrics(args: argparse.Namespace, flow: ENFlow, system,
+                      test_positions: torch.Tensor, test_nll: torch.Tensor,
+                      out: str) -> Dict[str, Any]:
+    r"""Importance weights of :obj:`--boltzmann-samples` flow samples: the
+    ESS, :math:`\log Z`, the entropy :math:`H(p)` of the test data with its
+    bracket, the gap NLL - H(p), and a plot of raw and reweighted sample
+    energies against the test data's."""
+    draw = importance_weights(flow, system.energy, args.boltzmann_samples,
+                              batch_size=500,
+                              progress=not args.no_progress)
+    test_energy = system.energy(test_positions.double())
+    bracket = entropy_bracket(test_energy, -test_nll, draw.log_weights)
+    log_z, log_z_stderr = log_partition_function(draw.log_weights)
+    plot_reweighted_energies(test_energy, draw.energy, draw.log_weights,
+                             osp.join(out, 'reweighted_energies.png'),
+                             f'{args.system.upper()}, n_train='
+                             f'{args.n_train}, {args.objective}')
+    return dict(boltzmann_samples=args.boltzmann_samples,
+                ess=bracket.ess, log_z=log_z, log_z_stderr=log_z_stderr,
+                entropy=bracket.entropy, entropy_stderr=bracket.stderr,
+                entropy_lower=bracket.lower, entropy_upper=bracket.upper,
+                nll_minus_entropy=bracket.kl,
+                num_infinite_energy=draw.num_infinite_energy)
 
 
 def sweep(args: argparse.Namespace) -> List[Dict[str, Any]]:
