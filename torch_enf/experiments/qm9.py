@@ -55,7 +55,8 @@ def build_parser(positional: bool) -> argparse.ArgumentParser:
                        help='also compute novelty (RDKit on the whole '
                        'training split, about a minute)')
     add_training_arguments(parser, lr=2e-4 if positional else 5e-4)
-    parser.set_defaults(epochs=3000, batch_size=128, positional=positional)
+    parser.set_defaults(epochs=3000, batch_size=128, ode_reg=1e-3,
+                        positional=positional)  # the paper's regulariser (ml)
     return parser
 
 
