@@ -22,10 +22,10 @@ import json
 import math
 import multiprocessing
 import resource
-import time
 from typing import Callable, Dict, List
 
 import torch
+from bench_layers import median_seconds  # the sibling benchmark
 from torch_geometric.data import Data
 
 SIZES = [13, 55, 147, 309, 561, 1000, 2000, 4000]
@@ -43,13 +43,7 @@ def ball(num: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def seconds(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return median_seconds(fn, repeats, warmup=1)
 
 
 def measure(num: int, threads: int, repeats: int, queue) -> None:
