@@ -42,12 +42,14 @@ SWEEPS = {  # (n_train, epochs, batch size) of Table 1
 SWEEPS['ml']['lj13-halved'] = SWEEPS['ml']['lj13']
 SWEEPS['fm']['lj13-halved'] = SWEEPS['fm']['lj13']
 QUICK = {
-    ('dw4', 'fm'): dict(n_train=1000, epochs=1000, num_valid=500,
-                        num_test=1000, eval_every=100, num_samples=1000),
+    ('dw4', 'fm'): dict(n_train=1000, epochs=2000, num_valid=500,
+                        num_test=1000, eval_every=200, num_samples=1000,
+                        lr_schedule='cosine', threads=1),
     ('dw4', 'ml'): dict(n_train=1000, epochs=25, num_valid=500,
                         num_test=1000, eval_every=5, num_samples=1000),
     ('lj13', 'fm'): dict(n_train=100, epochs=1000, num_valid=100,
-                         num_test=100, eval_every=200, num_samples=200),
+                         num_test=100, eval_every=200, num_samples=200,
+                         lr_schedule='cosine', threads=1),
     ('lj13', 'ml'): dict(n_train=100, epochs=15, num_valid=100,
                          num_test=100, eval_every=5, num_samples=200),
 }
