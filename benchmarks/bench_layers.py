@@ -7,7 +7,9 @@ Reports, for forward + backward of the EGNN vector field:
 * DW4 (4 particles in 2D) and LJ13 (13 particles in 3D) batches of 100,
   3 layers, 32 hidden channels;
 
-then one E-NF training step on DW4 and LJ13 (batch 100, 3 layers, 32 hidden,
+(with ``--only compile``: the same three workloads eager and under
+``torch.compile(fullgraph=True)``, measured in one run), then one E-NF
+training step on DW4 and LJ13 (batch 100, 3 layers, 32 hidden,
 dopri5 with rtol = atol = 1e-4, Hutchinson trace, adjoint back-propagation),
 split into the forward solve and the adjoint backward pass with their numbers
 of function evaluations, and the seconds per exact-trace ``log_prob`` of a
@@ -24,8 +26,11 @@ from typing import Callable, Dict, List
 import torch
 from torch_geometric.data import Batch, Data
 
-from torch_enf.flows import EGNNDynamics, ENFlow
+from torch_enf.elements import QM9_ATOMIC_NUMBERS
+from torch_enf.flows import EGNNDynamics, ENFlow, MoleculeFlow, \
+    NodeCountDistribution
 from torch_enf.nn import full_edge_index
+from torch_enf.objectives import FlowMatching
 
 
 def qm9_like_sizes(num_graphs: int, generator: torch.Generator) -> List[int]:
@@ -47,6 +52,18 @@ def random_batch(sizes: List[int], n_dims: int, channels: int,
     return Batch.from_data_list(data_list)
 
 
+def random_molecules(sizes: List[int], generator: torch.Generator) -> Batch:
+    r"""Random QM9-like molecules: :obj:`h` holds the one-hot class and the
+    atomic number (the charge) of every atom."""
+    batch = random_batch(sizes, 3, 0, generator)
+    classes = torch.randint(len(QM9_ATOMIC_NUMBERS), (batch.num_nodes, ),
+                            generator=generator)
+    charge = torch.tensor(QM9_ATOMIC_NUMBERS)[classes].unsqueeze(-1)
+    batch.h = torch.cat([torch.nn.functional.one_hot(
+        classes, len(QM9_ATOMIC_NUMBERS)), charge], dim=-1).float()
+    return batch
+
+
 def median_seconds(fn: Callable[[], None], repeats: int,
                    warmup: int = 2) -> float:
     for _ in range(warmup):
@@ -60,8 +77,11 @@ def median_seconds(fn: Callable[[], None], repeats: int,
 
 
 def dynamics_throughput(batch: Batch, n_dims: int, channels: int,
-                        hidden: int, layers: int, repeats: int) -> Dict:
+                        hidden: int, layers: int, repeats: int,
+                        compile: bool = False) -> Dict:
     dynamics = EGNNDynamics(n_dims, channels, hidden, layers)
+    if compile:
+        dynamics = torch.compile(dynamics, fullgraph=True)
     edge_index = full_edge_index(batch.batch)
     t = torch.tensor(0.5)
     h = batch.h if channels else batch.pos.new_zeros(batch.num_nodes, 0)
@@ -71,8 +91,12 @@ def dynamics_throughput(batch: Batch, n_dims: int, channels: int,
         v_pos, v_h = dynamics(t, pos, h, edge_index, batch.batch)
         (v_pos.pow(2).sum() + v_h.pow(2).sum()).backward()
 
+    warmup_start = time.perf_counter()
+    step()  # compiles, when asked to
+    first_call_seconds = time.perf_counter() - warmup_start
     seconds = median_seconds(step, repeats)
-    return dict(graphs=batch.num_graphs, nodes=batch.num_nodes,
+    return dict(first_call_seconds=first_call_seconds,
+                graphs=batch.num_graphs, nodes=batch.num_nodes,
                 edges=edge_index.size(1), seconds=seconds,
                 graphs_per_second=batch.num_graphs / seconds)
 
@@ -107,6 +131,32 @@ def training_step(flow: ENFlow, batch: Batch, repeats: int) -> Dict:
                 ms_per_backward_eval=1e3 * bwd / bwd_evals)
 
 
+def flow_matching_step(batch: Batch, repeats: int) -> Dict:
+    r"""Seconds per flow-matching optimiser step of a QM9 MoleculeFlow (6
+    layers, 64 wide) in float32 and under bfloat16 autocast, and the
+    seconds of the OT alignment of its base samples alone."""
+    sizes = torch.bincount(batch.batch)
+    model = MoleculeFlow(NodeCountDistribution.from_num_nodes(sizes),
+                         dequantizer='argmax')
+    objective = FlowMatching(time_exponent=2.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(dtype=None):
+        optimizer.zero_grad()
+        with torch.autocast('cpu', torch.bfloat16, enabled=dtype is not None):
+            loss = objective(model, batch).mean()
+        loss.backward()
+        optimizer.step()
+
+    inputs = model.flow_inputs(batch)
+    return dict(
+        float32_seconds=median_seconds(step, repeats),
+        bfloat16_seconds=median_seconds(lambda: step(torch.bfloat16),
+                                        repeats),
+        alignment_seconds=median_seconds(
+            lambda: objective.base_samples(model, inputs), repeats))
+
+
 def exact_log_prob_seconds(flow: ENFlow, batch: Batch, repeats: int) -> Dict:
     flow.eval()
     with torch.no_grad():
@@ -119,8 +169,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=7)
-    parser.add_argument('--only', choices=['layers', 'steps', 'exact'],
-                        nargs='*', default=['layers', 'steps', 'exact'])
+    parser.add_argument('--only', choices=['layers', 'compile', 'fm',
+                                           'steps', 'exact'],
+                        nargs='*', default=['layers', 'fm', 'steps', 'exact'])
     parser.add_argument('--json', default=None,
                         help='write the results to this file as well')
     args = parser.parse_args()
@@ -146,6 +197,33 @@ def main() -> None:
             print(f"{key:10s} fwd+bwd {r['seconds'] * 1e3:8.2f} ms  "
                   f"{r['graphs_per_second']:9.1f} graphs/s  "
                   f"({r['nodes']} nodes, {r['edges']} edges)")
+
+    if 'compile' in args.only:
+        workloads = dict(qm9=(qm9, 3, 6, 64, 6), dw4=(dw4, 2, 0, 32, 3),
+                         lj13=(lj13, 3, 0, 32, 3))
+        for name, workload in workloads.items():
+            eager = dynamics_throughput(*workload, args.repeats)
+            compiled = dynamics_throughput(*workload, args.repeats,
+                                           compile=True)
+            results[f'compile_{name}'] = dict(
+                eager_seconds=eager['seconds'],
+                compiled_seconds=compiled['seconds'],
+                compile_seconds=compiled['first_call_seconds'],
+                speedup=eager['seconds'] / compiled['seconds'])
+            print(f"{name:5s} fwd+bwd eager {eager['seconds'] * 1e3:8.2f} ms"
+                  f"  compiled {compiled['seconds'] * 1e3:8.2f} ms  "
+                  f"({eager['seconds'] / compiled['seconds']:.2f}x; "
+                  f"compiling took {compiled['first_call_seconds']:.0f} s)")
+
+    if 'fm' in args.only:
+        r = flow_matching_step(random_molecules(qm9_like_sizes(128, gen),
+                                                gen), args.repeats)
+        results['fm_step_qm9'] = r
+        print(f"fm step qm9 float32 {r['float32_seconds']:.3f} s  bfloat16 "
+              f"{r['bfloat16_seconds']:.3f} s  alignment "
+              f"{r['alignment_seconds'] * 1e3:.1f} ms "
+              f"({r['alignment_seconds'] / r['float32_seconds']:.1%} of a "
+              f"float32 step)")
 
     flows = {
         'dw4': (ENFlow(2, hidden_channels=32, num_layers=3), dw4),
