@@ -112,6 +112,17 @@ def test_resume_refuses_changed_options(tmp_path):
                 ema_decay=0.9)
 
 
+def test_resume_compares_the_options_the_caller_names(tmp_path):
+    run_fit(tmp_path, 1, config=dict(hidden=8, num_samples=100))
+    # num_samples became an option that may change: no longer named, it
+    # no longer has to match the checkpoint
+    model, state = run_fit(tmp_path, 2, config=dict(hidden=8), resume=True)
+    assert state.epoch == 2
+    # an option the checkpoint does not know must still match
+    with pytest.raises(ValueError, match=r'width: checkpoint None, now 3'):
+        run_fit(tmp_path, 3, config=dict(hidden=8, width=3), resume=True)
+
+
 def test_checkpoints_of_another_kind_are_refused(tmp_path):
     path = str(tmp_path / 'checkpoint.pt')
     torch.save(torch.nn.Linear(2, 2).state_dict(), path)  # plain weights

@@ -487,8 +487,10 @@ def _resume(path: str, model: torch.nn.Module,
     checkpoint = load_checkpoint(path, context.device)
     stored = dict(checkpoint['config'], objective=checkpoint['objective'])
     current = dict(config, objective=objective_config)
-    differ = sorted(key for key in set(stored) | set(current)
-                    if stored.get(key) != current.get(key))
+    # Only the options the caller names must match: an option it no longer
+    # names (one that became resumable) may differ from the checkpoint.
+    differ = sorted(key for key in current
+                    if stored.get(key) != current[key])
     if differ:
         details = '; '.join(f'{key}: checkpoint {stored.get(key)!r}, now '
                             f'{current.get(key)!r}' for key in differ)
