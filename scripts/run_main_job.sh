@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing), installs torch-enf and trains an E(n)
-# equivariant flow on DW4 by flow matching (about 5 minutes on 2 CPU cores,
+# equivariant flow on DW4 by flow matching (about 10 minutes on one core,
 # the DW4 data generated on first use included): the exact test NLL, samples
 # and plots land in runs/dw4-quick. Usage: bash scripts/run_main_job.sh
 set -euo pipefail

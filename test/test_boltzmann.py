@@ -54,8 +54,8 @@ def test_reweighting_recovers_a_wider_target():
     radius2 = draw.positions.pow(2).sum(dim=(1, 2))
     exact = 4 * 1.2 ** 2  # (M - 1) n sigma^2
     assert float(radius2.mean()) == pytest.approx(4.0, rel=0.1)  # q's
-    assert reweight(radius2, draw.log_weights) == pytest.approx(exact,
-                                                                 rel=0.08)
+    assert reweight(radius2, draw.log_weights) == pytest.approx(
+        exact, rel=0.08)
     hist = weighted_histogram(radius2, draw.log_weights, 20, (0.0, 20.0))
     assert hist.shape == (20, ) and float(hist.sum()) == pytest.approx(1.0)
     log_z, _ = log_partition_function(draw.log_weights)

@@ -12,10 +12,13 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from torch_enf.cli import main
+from torch_enf.datasets import QM9
+from torch_enf.experiments.particles import SYSTEMS
 from torch_enf.experiments.common import run_config
 from torch_enf.objectives import FlowMatching
 from torch_enf.pretrained import (available_models, build_model,
-                                  export_model, load_pretrained)
+                                  export_model, load_pretrained, model_card,
+                                  read_model)
 from torch_enf.training import fit
 
 COMMON = dict(objective='fm', hidden=8, layers=1, tol=1e-3, eval_tol=1e-3,
@@ -212,3 +215,27 @@ def test_models_lists_shipped_models_and_module_entry_point(capsys):
                              'nope'], capture_output=True, text=True)
     assert result.returncode == 2 and 'usage: torch-enf train' in \
         result.stderr
+
+
+@pytest.mark.parametrize('name', available_models())
+def test_shipped_models_load_sample_and_score(name):
+    card = model_card(name)
+    for key in ('description', 'command', 'data', 'revision', 'machine',
+                'metrics'):
+        assert card[key], key
+    model = load_pretrained(name)
+    assert not model.training
+    flow = getattr(model, 'flow', model)
+    generator = torch.Generator().manual_seed(0)
+    with flow.ode_options(method='midpoint', num_steps=4):
+        options = read_model(name).options
+        if 'system' in options:
+            samples = model.sample(SYSTEMS[options['system']].num_particles,
+                                   3, generator)
+        elif options['positional']:
+            samples = model.sample(QM9.positional_num_atoms, 3, generator)
+        else:
+            samples = model.sample(3, generator)
+        log_prob = model.log_prob(samples, trace='hutchinson')
+    assert samples.num_graphs == 3
+    assert torch.isfinite(log_prob).all()

@@ -8,7 +8,6 @@ from torch_enf.datasets import (DoubleWellEnergy, LennardJonesEnergy,
                                 MALASampler, ParticleEnergy)
 
 
-
 def double_well_reference(x, a=0.0, b=-4.0, c=0.9, d0=4.0, tau=1.0):
     out = np.zeros(len(x))
     for s, conf in enumerate(x):

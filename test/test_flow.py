@@ -77,9 +77,8 @@ def centred_basis(num_nodes, n_dims):
     return torch.kron(q.contiguous(), torch.eye(n_dims, dtype=torch.float64))
 
 
-@pytest.mark.parametrize('num_nodes, n_dims, channels', [(3, 2, 0),
-                                                          (4, 3, 0),
-                                                          (3, 3, 2)])
+@pytest.mark.parametrize('num_nodes, n_dims, channels',
+                         [(3, 2, 0), (4, 3, 0), (3, 3, 2)])
 def test_exact_log_prob_matches_brute_force_jacobian(num_nodes, n_dims,
                                                      channels, generator):
     flow = make_flow(n_dims, channels)

@@ -62,8 +62,8 @@ def test_log_prob_terms(generator):
     torch.manual_seed(1)
     total = model.log_prob(Batch.from_data_list([data]), trace='exact')
     torch.manual_seed(1)
-    h_cont, _ = UniformDequantizer().double()(data.h.double(),
-                                                data.pos.double())
+    h_cont, _ = UniformDequantizer().double()(
+        data.h.double(), data.pos.double())
     scale = torch.tensor([4.0] * 5 + [10.0], dtype=torch.float64)
     flow = model.flow.log_prob(Data(pos=data.pos.double(),
                                     h=h_cont / scale), trace='exact')

@@ -17,7 +17,6 @@ SMALL = dict(num_samples=300, progress=False,
              sampler_kwargs=dict(num_chains=100, burn_in=100, thinning=2))
 
 
-
 def stacked(dataset):
     return torch.stack([data.pos for data in dataset])
 

@@ -22,8 +22,8 @@ def reference_order(a: str, b: str, distance_pm: float) -> int:
         return table.get(a + b, table.get(b + a))
 
     order = 0
-    for k, (table, margin) in enumerate(
-        [(SINGLE_BOND_PM, 10), (DOUBLE_BOND_PM, 5), (TRIPLE_BOND_PM, 3)], 1):
+    tables = [(SINGLE_BOND_PM, 10), (DOUBLE_BOND_PM, 5), (TRIPLE_BOND_PM, 3)]
+    for k, (table, margin) in enumerate(tables, 1):
         if length(table) is not None and distance_pm < length(table) + margin:
             order = k
     return order

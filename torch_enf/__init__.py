@@ -4,7 +4,7 @@ import torch_enf.nn
 import torch_enf.flows
 import torch_enf.datasets
 import torch_enf.metrics
-import torch_enf.objectives
+import torch_enf.objectives  # noqa: F401
 
 __version__ = '0.1.0'
 

@@ -179,8 +179,8 @@ def read_qm9pack(folder: Optional[str] = None) -> QM9Molecules:
                     raise ValueError(f"qm9_part{part}.csv line {line}: "
                                      f"{len(row)} columns, expected "
                                      f"{len(header)}") from None
-                for values, field in zip(
-                    (index, num_atoms, elements, coordinates), fields):
+                parsed = (index, num_atoms, elements, coordinates)
+                for values, field in zip(parsed, fields):
                     values.append(field)
     return _parse_text_columns(index, num_atoms, elements, coordinates)
 

@@ -31,7 +31,7 @@ class FlowResult(NamedTuple):
         h (torch.Tensor): Node features at the end of the solve,
             :obj:`[N, F]` (:obj:`F = 0` for positions only).
         log_det (torch.Tensor): The accumulated
-            :math:`\int \operatorname{tr}(\partial f / \partial \mathbf{z})\,dt`
+            :math:`\int \mathrm{tr}(\partial f / \partial \mathbf{z})\,dt`
             along the direction of integration, :obj:`[num_graphs]`
             (:obj:`None` when no trace was computed).
         regularization (torch.Tensor): The kinetic energy plus Jacobian
