@@ -10,7 +10,7 @@ install_requires = [
 ]
 
 extras_require = {
-    'molecules': ['rdkit', 'qm9pack', 'pandas'],
+    'molecules': ['rdkit', 'qm9pack', 'pandas', 'matplotlib'],
     'plot': ['matplotlib'],
     'fast': ['torch-scatter', 'torch-cluster'],
     'test': ['pytest', 'scipy', 'rdkit', 'pandas', 'matplotlib'],

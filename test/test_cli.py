@@ -2,6 +2,7 @@ r"""The torch-enf command and the model loader, on tiny models trained here:
 each sub-command, reading back what it writes, agreement with the Python
 API, and clear errors for bad input."""
 import csv
+import importlib.util
 import subprocess
 import sys
 
@@ -101,6 +102,23 @@ def test_sample_molecules_to_sdf_and_xyz(molecule_run, tmp_path, capsys):
                    '--no-progress') == 0
     from torch_enf.io import read_xyz
     assert len(read_xyz(str(xyz))) == 3
+
+
+def test_sample_without_matplotlib_writes_samples_only(
+        particle_run, tmp_path, capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *args: (
+        None if name == 'matplotlib' else find_spec(name, *args)))
+    assert run_cli('sample', particle_run, '-n', 2, '-o',
+                   tmp_path / 'x.npy', '--no-progress') == 0
+    assert np.load(tmp_path / 'x.npy').shape == (2, 4, 2)
+    assert not (tmp_path / 'x.png').exists()
+    assert 'no picture' in capsys.readouterr().out
+    # an explicit picture is refused before any sampling
+    assert run_cli('sample', particle_run, '-n', 2, '-o', tmp_path / 'y.npy',
+                   '--picture', tmp_path / 'y.png') == 2
+    assert 'needs matplotlib' in capsys.readouterr().err
+    assert not (tmp_path / 'y.npy').exists()
 
 
 def test_sample_particles_to_npy_and_pt(particle_run, tmp_path):

@@ -13,6 +13,7 @@ flows, offline, with shipped models or training checkpoints.
 """
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -136,16 +137,17 @@ def _sample(args: argparse.Namespace) -> None:
     if suffix not in allowed:
         raise ValueError(f"{args.output}: {kind} are written as "
                          f"{' or '.join(allowed)}")
+    picture = _picture_path(args)  # checked before any sampling work
     generator = torch.Generator(args.device).manual_seed(args.seed)
     start = time.time()
     with _solver(model, args, sampling=True):
         samples = _draw(model, options, args, generator)
     seconds = time.time() - start
     samples = samples.cpu()
-    picture = args.picture or osp.splitext(args.output)[0] + '.png'
     _write_samples(samples, options, args.output, picture)
     print(f'{samples.num_graphs} samples in {seconds:.1f} s -> '
-          f'{args.output}, {picture}')
+          f'{args.output}' + (f', {picture}' if picture else
+                              ' (no picture: pip install torch-enf[plot])'))
     if kind == 'molecules':
         from torch_enf.metrics import molecule_sample_metrics
         metrics = molecule_sample_metrics(samples)
@@ -292,14 +294,27 @@ def _draw(model: torch.nn.Module, options: Dict[str, Any],
                         batch_size=args.batch_size, progress=progress)
 
 
+def _picture_path(args: argparse.Namespace) -> Optional[str]:
+    r"""Where the picture of the samples goes; :obj:`None` when matplotlib
+    is missing and no picture was asked for explicitly (an explicit
+    :obj:`--picture` without matplotlib is an error before any work)."""
+    if importlib.util.find_spec('matplotlib') is None:
+        if args.picture:
+            raise ValueError('--picture needs matplotlib: pip install '
+                             'torch-enf[plot]')
+        return None
+    return args.picture or osp.splitext(args.output)[0] + '.png'
+
+
 def _write_samples(samples: Batch, options: Dict[str, Any], path: str,
-                   picture: str) -> None:
+                   picture: Optional[str]) -> None:
     from torch_enf.io import write_sdf, write_xyz
-    from torch_enf.visualization import plot_molecule_grid
-    first = Batch.from_data_list(samples.to_data_list()[:16])
     if _suffix(path) in MOLECULE_SUFFIXES:
         (write_sdf if _suffix(path) == '.sdf' else write_xyz)(path, samples)
-        plot_molecule_grid(first, picture)
+        if picture:
+            from torch_enf.visualization import plot_molecule_grid
+            first = Batch.from_data_list(samples.to_data_list()[:16])
+            plot_molecule_grid(first, picture)
         return
     size = samples.num_nodes // samples.num_graphs
     positions = samples.pos.view(samples.num_graphs, size, -1)
@@ -307,7 +322,8 @@ def _write_samples(samples: Batch, options: Dict[str, Any], path: str,
         np.save(path, positions.numpy())
     else:
         torch.save(positions, path)
-    _plot_configurations(positions, options, picture)
+    if picture:
+        _plot_configurations(positions, options, picture)
 
 
 def _plot_configurations(positions: torch.Tensor, options: Dict[str, Any],
