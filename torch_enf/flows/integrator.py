@@ -183,8 +183,12 @@ class AugmentedODE:
         :obj:`STATE_BOUND` (or non-finite), or an adaptive step size that
         collapsed below :obj:`MIN_RELATIVE_STEP` of the interval, which
         would otherwise run on until :obj:`max_num_steps`."""
-        time = float(t.detach())
-        if not all(bool((x.abs() < STATE_BOUND).all()) for x in nodes):
+        # One host transfer per evaluation for the time and the bound check.
+        inside = torch.stack([(x.detach().abs() < STATE_BOUND).all()
+                              for x in nodes]).all()
+        time, inside = torch.stack([t.detach().reshape(()).to(nodes[0].dtype),
+                                    inside.to(nodes[0].dtype)]).tolist()
+        if not inside:
             raise ODESolveError(
                 f'The ODE solve diverged: the state left |x| < '
                 f'{STATE_BOUND:.0e} (or became NaN) at t={time:.4g} after '

@@ -96,11 +96,9 @@ class MoleculeFlow(torch.nn.Module):
                              "centred positions is undefined for them")
         num_classes = len(atomic_numbers)
         if isinstance(dequantizer, str):
-            if dequantizer not in DEQUANTIZERS:
-                raise ValueError(f"Unknown dequantizer {dequantizer!r} "
-                                 f"(expected one of {sorted(DEQUANTIZERS)} "
-                                 f"or a Dequantizer module)")
-            dequantizer = DEQUANTIZERS[dequantizer](num_classes, 1)
+            dequantizer = DEQUANTIZERS.create(dequantizer,
+                                              num_classes=num_classes,
+                                              num_integer=1)
         if getattr(dequantizer, 'num_classes', None) != num_classes:
             raise ValueError(f"The dequantizer must have {num_classes} "
                              f"classes, one per atomic number")
