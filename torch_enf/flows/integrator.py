@@ -183,11 +183,14 @@ class AugmentedODE:
         :obj:`STATE_BOUND` (or non-finite), or an adaptive step size that
         collapsed below :obj:`MIN_RELATIVE_STEP` of the interval, which
         would otherwise run on until :obj:`max_num_steps`."""
-        # One host transfer per evaluation for the time and the bound check.
+        # One host transfer per evaluation for the time and the bound check,
+        # in at least float32 and the time's own precision (a half-precision
+        # state must not round the times that the stall check compares).
         inside = torch.stack([(x.detach().abs() < STATE_BOUND).all()
                               for x in nodes]).all()
-        time, inside = torch.stack([t.detach().reshape(()).to(nodes[0].dtype),
-                                    inside.to(nodes[0].dtype)]).tolist()
+        dtype = torch.promote_types(t.dtype, torch.float32)
+        time, inside = torch.stack([t.detach().reshape(()).to(dtype),
+                                    inside.to(dtype)]).tolist()
         if not inside:
             raise ODESolveError(
                 f'The ODE solve diverged: the state left |x| < '
