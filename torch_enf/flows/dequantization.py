@@ -20,6 +20,7 @@ The common inverse (the quantiser) is
 * one-hot columns: :math:`\mathrm{onehot}(\arg\max_k v_k)`;
 * integer columns: :math:`\lfloor v \rfloor`.
 """
+import abc
 import math
 from typing import Callable, Optional, Tuple, Type
 
@@ -150,7 +151,7 @@ class UniformDequantizer(Dequantizer):
         return h + noise, h.new_zeros(num_graphs)
 
 
-class ThresholdDequantizer(Dequantizer):
+class ThresholdDequantizer(Dequantizer, metaclass=abc.ABCMeta):
     r"""Base class of the dequantisers that draw a Gaussian
     :math:`\boldsymbol{\epsilon} = \boldsymbol{\mu} + e^{\mathbf{s}}
     \odot \mathbf{n}`, :math:`\mathbf{n} \sim \mathcal{N}(0, I)`, per node
@@ -191,11 +192,11 @@ class ThresholdDequantizer(Dequantizer):
     Subclasses implement :meth:`posterior`, returning
     :math:`(\boldsymbol{\mu}, \mathbf{s})`.
     """
+    @abc.abstractmethod
     def posterior(self, h: Tensor, pos: Tensor, batch: Tensor,
                   num_graphs: int) -> Tuple[Tensor, Tensor]:
         r"""The mean and log-scale :obj:`[N, F]` of
         :math:`\boldsymbol{\epsilon}`."""
-        raise NotImplementedError
 
     def forward(self, h: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None,
