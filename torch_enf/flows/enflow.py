@@ -91,8 +91,9 @@ class ENFlow(torch.nn.Module):
     :math:`(M - 1) n`-dimensional centred subspace. Because :math:`f` is
     translation invariant and its position part centred, the trace over all
     coordinates equals the trace restricted to that subspace. The trace is
-    exact (vectorised over a block basis, for evaluation) or Hutchinson's
-    estimate with a probe fixed during a solve (for training). The density
+    exact (from one vector-Jacobian product per probe of a block basis, for
+    evaluation) or Hutchinson's estimate with a probe fixed during a solve
+    (for training). The density
     is invariant to rotations, reflections, translations and node
     permutations.
 
