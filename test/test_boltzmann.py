@@ -113,3 +113,20 @@ def test_bad_input():
     with pytest.raises(ValueError):
         log_partition_upper_bound(torch.tensor([1.0, float('inf')]),
                                   torch.zeros(2))
+
+
+def test_hutchinson_log_weights_are_unbiased_and_noisier():
+    energy = HarmonicEnergy(4, 2)
+    flow = near_identity_flow()
+    exact = importance_weights(flow, energy, 200,
+                               generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(4)  # the Hutchinson probes
+    noisy = importance_weights(flow, energy, 200,
+                               generator=torch.Generator().manual_seed(3),
+                               trace='hutchinson')
+    assert torch.allclose(noisy.positions, exact.positions, atol=1e-6)
+    error = noisy.log_q - exact.log_q
+    assert float(error.abs().max()) > 0  # a different, noisy estimate
+    assert abs(float(error.mean())) < 4 * float(error.std()) / 200**0.5
+    assert effective_sample_size(noisy.log_weights) <= \
+        effective_sample_size(exact.log_weights) + 1e-6

@@ -243,3 +243,26 @@ def test_sampler_errors():
     with pytest.raises(ValueError, match='non-finite'):
         MALASampler(LennardJonesEnergy(num_particles=5),
                     num_chains=2).sample(2, init=x)
+
+
+def test_virial_equals_the_degrees_of_freedom_only_in_equilibrium():
+    from torch_enf.systems import HarmonicEnergy
+    energy = HarmonicEnergy(5, 3, sigma=0.7)
+    assert energy.degrees_of_freedom == 12
+    gen = torch.Generator().manual_seed(0)
+    x = 0.7 * torch.randn(4000, 5, 3, generator=gen, dtype=torch.double)
+    virial = energy.virial(x + 3.0)  # translated: centred inside
+    stderr = float(virial.std()) / math.sqrt(virial.numel())
+    assert float(virial.mean()) == pytest.approx(12, abs=4 * stderr)
+    # Too hot a sample (twice the variance) is flagged: mean about 24.
+    hot = energy.virial(math.sqrt(2) * x)
+    assert float(hot.mean()) > 12 + 20 * stderr
+
+
+def test_virial_matches_the_definition_on_lennard_jones():
+    energy = LennardJonesEnergy()
+    gen = torch.Generator().manual_seed(1)
+    x = energy.initial_positions(3, gen)
+    expected = [(p - p.mean(0)).flatten() @ energy.gradient(
+        p.unsqueeze(0)).flatten() for p in x]
+    assert torch.allclose(energy.virial(x), torch.stack(expected))

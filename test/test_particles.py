@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
-from torch_enf.datasets import (DW4, LJ13, DoubleWellEnergy,
+from torch_enf.datasets import (DW4, LJ13, LJ55, DoubleWellEnergy,
                                 LennardJonesEnergy, MALASampler)
 from torch_enf.datasets.particles import ParticleSystem
 from torch_enf.metrics import histogram_js_divergence, pairwise_distances
@@ -24,15 +24,18 @@ def stacked(dataset):
 def test_class_attributes():
     assert (DW4.num_particles, DW4.n_dims) == (4, 2)
     assert (LJ13.num_particles, LJ13.n_dims) == (13, 3)
+    assert (LJ55.num_particles, LJ55.n_dims) == (55, 3)
     assert isinstance(DW4.energy, DoubleWellEnergy)
-    assert isinstance(LJ13.energy, LennardJonesEnergy)
-    assert not LJ13.energy.halve_pair_sum
-    for system in (DW4, LJ13):
+    for system in (LJ13, LJ55):
+        assert isinstance(system.energy, LennardJonesEnergy)
+        assert not system.energy.halve_pair_sum
+        assert system.energy.num_particles == system.num_particles
+    for system in (DW4, LJ13, LJ55):
         assert set(system.pool_sizes) == {'train', 'valid', 'test'}
         assert len(set(system.split_seeds.values())) == 3
 
 
-@pytest.mark.parametrize('system', [DW4, LJ13])
+@pytest.mark.parametrize('system', [DW4, LJ13, LJ55])
 def test_generated_split_shapes_and_centring(tmp_path, system):
     dataset = system(tmp_path, split='valid', **SMALL)
     assert len(dataset) == 300
@@ -188,3 +191,24 @@ def test_halved_lennard_jones_does_not_match_published_split():
                          progress=False)
     js_energy, js_distance = js_to_reference(pos, reference, LJ13.energy)
     assert js_energy > 0.1 and js_distance > 0.01
+
+
+@pytest.mark.skipif(not PUBLISHED.exists(), reason='no ../shared/data')
+def test_virial_identifies_the_lennard_jones_convention_of_published_data():
+    reference = load_published('test_split_LJ13-1000.npy', LJ13)
+    for halve, expected_match in ((False, True), (True, False)):
+        virial = LennardJonesEnergy(halve_pair_sum=halve).virial(reference)
+        stderr = float(virial.std()) / virial.numel()**0.5
+        gap = abs(float(virial.mean()) - 36)  # (13 - 1) * 3
+        assert (gap < 4 * stderr) == expected_match
+
+
+def test_experiment_options_for_larger_systems():
+    from torch_enf.experiments.particles import eval_trace, parse_args
+    with pytest.raises(ValueError, match='no Table 1 sweep for lj55'):
+        parse_args(['--system', 'lj55', '--sweep'])
+    args = parse_args(['--system', 'lj55', '--quick'])
+    assert eval_trace(args, LJ55) == 'hutchinson'
+    assert eval_trace(args, LJ13) == 'exact'
+    args = parse_args(['--system', 'lj55', '--eval-trace', 'exact'])
+    assert eval_trace(args, LJ55) == 'exact'

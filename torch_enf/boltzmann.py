@@ -53,10 +53,15 @@ class ImportanceSamples(NamedTuple):
 def importance_weights(flow: torch.nn.Module, energy: ParticleEnergy,
                        num_samples: int, batch_size: Optional[int] = None,
                        generator: Optional[torch.Generator] = None,
-                       progress: bool = False) -> ImportanceSamples:
+                       progress: bool = False,
+                       trace: str = 'exact') -> ImportanceSamples:
     r"""Draws :obj:`num_samples` configurations from :obj:`flow` (an
-    :class:`~torch_enf.flows.ENFlow` in evaluation mode, exact trace) and
-    computes their importance log-weights against :obj:`energy`.
+    :class:`~torch_enf.flows.ENFlow` in evaluation mode) and computes their
+    importance log-weights against :obj:`energy`. :math:`\log q` comes from
+    the exact trace by default; :obj:`trace="hutchinson"` (for systems where
+    the exact trace is too costly) adds the estimator's noise to every
+    log-weight, which lowers the ESS in expectation (a conservative
+    estimate).
 
     Raises:
         ValueError: If the energy's particle count or dimension does not
@@ -73,7 +78,8 @@ def importance_weights(flow: torch.nn.Module, energy: ParticleEnergy,
     was_training = flow.training
     flow.eval()
     samples, log_q = flow.sample_with_log_prob(
-        energy.num_particles, num_samples, generator, batch_size, progress)
+        energy.num_particles, num_samples, generator, batch_size, progress,
+        trace)
     flow.train(was_training)
     positions = samples.pos.view(num_samples, energy.num_particles,
                                  energy.n_dims)

@@ -1,9 +1,10 @@
-r"""PyG data sets: QM9 and the DW4 / LJ13 particle systems. The energies and
-the sampler live in :mod:`torch_enf.systems` (also importable from here)."""
+r"""PyG data sets: QM9 and the DW4 / LJ13 / LJ55 particle systems. The
+energies and the sampler live in :mod:`torch_enf.systems` (also importable
+from here)."""
 from torch_enf.systems import (DoubleWellEnergy, LennardJonesEnergy,
                                MALASampler, ParticleEnergy)
 
-from .particles import DW4, LJ13, LJ13Halved, ParticleSystem
+from .particles import DW4, LJ13, LJ13Halved, LJ55, ParticleSystem
 from .qm9 import QM9
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     'DW4',
     'LJ13',
     'LJ13Halved',
+    'LJ55',
 ]

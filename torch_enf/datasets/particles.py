@@ -1,4 +1,4 @@
-r"""The DW4 and LJ13 many-body particle systems as PyG datasets."""
+r"""The DW4, LJ13 and LJ55 many-body particle systems as PyG datasets."""
 import hashlib
 import numbers
 import os
@@ -218,3 +218,21 @@ class LJ13Halved(LJ13):
     systems page of the docs). Same sizes and sampler as :class:`LJ13`;
     cached separately."""
     energy = LennardJonesEnergy(halve_pair_sum=True)
+
+
+class LJ55(ParticleSystem):
+    r"""The LJ55 system: 55 particles in 3D under the
+    :class:`LennardJonesEnergy` with harmonic confinement, the larger
+    Lennard-Jones cluster of Klein, Krämer and Noé (2023), in the pair-sum
+    convention of :class:`LJ13` (:math:`\kappa = 1`).
+
+    Generated splits have 10,000 training, 1,000 validation and 1,000 test
+    samples from MALA (see :attr:`sampler_defaults`; 500 chains, so the
+    training split holds 20 draws of every chain). See
+    :class:`ParticleSystem` for the arguments.
+    """
+    num_particles = 55
+    n_dims = 3
+    energy = LennardJonesEnergy(num_particles=55)
+    pool_sizes = {'train': 10_000, 'valid': 1_000, 'test': 1_000}
+    sampler_defaults = dict(num_chains=500, burn_in=5000, thinning=100)

@@ -96,6 +96,26 @@ class ParticleEnergy(torch.nn.Module, metaclass=abc.ABCMeta):
         :obj:`pos`."""
         return self.energy_and_gradient(pos)[1]
 
+    def virial(self, pos: Tensor) -> Tensor:
+        r"""The virial :math:`\mathbf{x} \cdot \nabla E(\mathbf{x})` of
+        every configuration (centred first), shape :obj:`[num_samples]`.
+
+        For samples of :math:`p \propto e^{-E}` on the
+        :math:`d = (M - 1) n`-dimensional centred subspace, integration by
+        parts gives :math:`\mathbb{E}_p[\mathbf{x} \cdot \nabla E] = d`
+        for any translation-invariant energy that confines the particles:
+        a mean far from :math:`d` shows samples that are not (yet) in
+        equilibrium, or an energy other than the one they were drawn from.
+        """
+        pos = self.positions(pos)
+        pos = pos - pos.mean(dim=1, keepdim=True)
+        return (pos * self.gradient(pos)).sum(dim=(1, 2))
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        r"""The dimension :math:`(M - 1) n` of the centred subspace."""
+        return (self.num_particles - 1) * self.n_dims
+
     def extra_repr(self) -> str:
         return f'num_particles={self.num_particles}, n_dims={self.n_dims}'
 
