@@ -16,7 +16,7 @@ RESUMABLE_OPTIONS = frozenset({
     'epochs', 'time_budget', 'resume', 'threads', 'device', 'no_progress',
     'num_test', 'num_samples', 'sample_solver', 'sample_steps', 'eval_tol',
     'published_test', 'novelty', 'quick', 'out', 'root', 'sweep',
-    'valid_tol', 'boltzmann_samples'})
+    'valid_tol', 'boltzmann_samples', 'eval_trace'})
 r"""Options that may change when a run is resumed (run length, evaluation,
 resources); all others must equal those stored in the checkpoint."""
 

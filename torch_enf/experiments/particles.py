@@ -127,15 +127,18 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     system = SYSTEMS[args.system]
     root = osp.join(args.root, args.system)
     device = torch.device(args.device)
-    train_set = system(root, 'train', n_train=args.n_train)
-    valid_set = subset(system(root, 'valid'), args.num_valid)
+    progress = not args.no_progress
+    train_set = system(root, 'train', n_train=args.n_train,
+                       progress=progress)
+    valid_set = subset(system(root, 'valid', progress=progress),
+                       args.num_valid)
     valid_trace = args.valid_trace or (
         'exact' if system.num_particles < 10 else 'hutchinson')
     flow = build_flow(args, system.n_dims).to(device)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
                         drop_last=len(train_set) >= args.batch_size)
     validate = validation_nll(args, DataLoader(valid_set, batch_size=100),
-                              valid_trace, not args.no_progress)
+                              valid_trace, progress)
     state = train(flow, args, loader, out, validate)
     results = evaluate(args, flow, system, out)
     results.update(run_summary(args, state), system=args.system,
@@ -154,7 +157,8 @@ def evaluate(args: argparse.Namespace, flow: ENFlow, system,
     trace = eval_trace(args, system)
     sample_batch = min(500, SAMPLE_BATCH_NODES // system.num_particles)
     root = osp.join(args.root, args.system)
-    test_set = subset(system(root, 'test'), args.num_test)
+    test_set = subset(system(root, 'test', progress=progress),
+                      args.num_test)
     test = evaluate_nll(flow, DataLoader(test_set, batch_size=100), trace,
                         'test', progress)
     results = dict(test_nll=test.nll, test_nll_stderr=test.stderr,
