@@ -137,6 +137,13 @@ def test_fit_time_budget_stops_inside_the_epoch(tmp_path):
     assert state.stopped_by_budget
     assert state.epoch == 1 and state.step == 1  # stopped after one step
     assert 'valid' in state.history[-1]  # the last epoch is validated
+    # Resuming a run whose budget is spent trains and validates no further.
+    best = (tmp_path / 'best.pt').read_bytes()
+    model, resumed = run_fit(tmp_path, 10, time_budget=1e-9, resume=True,
+                             validate=lambda m: -1.0)
+    assert resumed.stopped_by_budget
+    assert (resumed.epoch, resumed.step) == (1, 1)
+    assert (tmp_path / 'best.pt').read_bytes() == best
 
 
 def test_fit_rejects_bad_options(tmp_path):

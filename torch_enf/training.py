@@ -338,7 +338,11 @@ def fit(
             float(out_of_time(time.time() - start, time_budget)),
             context) > 0
 
-    for epoch in range(state.epoch + 1, epochs + 1):
+    remaining = range(state.epoch + 1, epochs + 1)
+    if state.epoch and budget_used():  # resumed after the budget ran out
+        log(f'The time budget of {out} is used up: nothing left to train')
+        state.stopped_by_budget, remaining = True, range(0)
+    for epoch in remaining:
         sampler = getattr(train_loader, 'sampler', None)
         if hasattr(sampler, 'set_epoch'):
             sampler.set_epoch(epoch)
