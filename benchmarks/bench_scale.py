@@ -2,8 +2,14 @@ r"""Cost of radius-graph E(n) flows against the particle count.
 
 Lennard-Jones-like clusters of 13 to a few thousand particles at a fixed
 number density (uniform in a ball, 0.8 particles per unit volume, cutoff
-2.5), one configuration at a time. For every size, in a fresh process so
-that the peak memory (resident set) belongs to it alone, it times
+2.5), one configuration at a time, in the units a flow should see them:
+divided by their standard deviation, with the cutoff divided alike (the
+edges stay those of the fixed-density cluster). Unscaled, a large cluster
+is far wider than the flow's standard Gaussian base, whose unit ball would
+hold all the particles near :math:`t = 1`: every graph there would be
+almost complete and sampling would cost :math:`O(M^2)`. For every size,
+in a fresh process so that the peak memory (resident set) belongs to it
+alone, it times
 
 * the radius graph (cell list, or torch-cluster when installed),
 * forward + backward of the EGNN vector field on that graph,
@@ -54,11 +60,13 @@ def measure(num: int, threads: int, repeats: int, queue) -> None:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(num)
     pos = ball(num, generator)
+    scale = float(pos.std())
+    pos, cutoff = pos / scale, CUTOFF / scale
     batch = torch.zeros(num, dtype=torch.long)
-    flow = ENFlow(3, hidden_channels=32, num_layers=3, graph=CUTOFF)
+    flow = ENFlow(3, hidden_channels=32, num_layers=3, graph=cutoff)
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4)
     data = Data(pos=pos, batch=batch)
-    edges = radius_graph(pos, CUTOFF, batch).size(1)
+    edges = radius_graph(pos, cutoff, batch).size(1)
 
     def field() -> None:
         p = pos.clone().requires_grad_()
@@ -83,7 +91,7 @@ def measure(num: int, threads: int, repeats: int, queue) -> None:
 
     result = dict(
         particles=num, edges=edges,
-        graph_s=seconds(lambda: radius_graph(pos, CUTOFF, batch), repeats),
+        graph_s=seconds(lambda: radius_graph(pos, cutoff, batch), repeats),
         field_fwd_bwd_s=seconds(field, repeats),
         fm_step_s=seconds(fm_step(False), repeats),
         fm_step_aligned_s=seconds(fm_step(True), max(1, repeats // 2)),
