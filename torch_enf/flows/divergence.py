@@ -30,10 +30,11 @@ def exact_divergence(outputs: Sequence[Tensor], inputs: Sequence[Tensor],
     entries :math:`\partial f_{a,c} / \partial z_{a,c}` of all graphs at once,
     so :math:`D \cdot \max_g M_g` products give every trace: the cost grows
     with the largest graph, not with the batch. The products are taken one
-    after the other through the same graph: on CPUs this is 1.5-4x faster
-    than one vectorised (:obj:`is_grads_batched`) pass over all probes once
-    the batch has more than a few thousand nodes, whose per-probe copies of
-    every intermediate no longer fit in cache (see :doc:`/benchmarks`).
+    after the other through the same graph, not in one vectorised
+    (:obj:`is_grads_batched`) pass over all probes, whose per-probe copies
+    of every intermediate no longer fit in the CPU caches once the batch has
+    a few thousand nodes (the exact LJ13 test NLL got 2.8x faster; see
+    :doc:`/benchmarks`).
 
     Args:
         outputs (list of torch.Tensor): Node-wise outputs, each
