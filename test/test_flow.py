@@ -41,8 +41,11 @@ def as_batch(pos, h, batch, channels):
 
 @pytest.mark.parametrize('n_dims', [2, 3])
 @pytest.mark.parametrize('channels', [0, 3])
-def test_vector_field_is_equivariant(n_dims, channels, generator):
-    flow = make_flow(n_dims, channels)
+@pytest.mark.parametrize('num_radial', [0, 8])
+def test_vector_field_is_equivariant(n_dims, channels, num_radial,
+                                     generator):
+    flow = make_flow(n_dims, channels, num_radial=num_radial,
+                     radial_cutoff=3.0)
     pos, h, batch = mixed_batch([3, 6, 2, 4], n_dims, generator, channels)
     t = torch.tensor(0.3, dtype=torch.float64)
 
@@ -77,11 +80,13 @@ def centred_basis(num_nodes, n_dims):
     return torch.kron(q.contiguous(), torch.eye(n_dims, dtype=torch.float64))
 
 
-@pytest.mark.parametrize('num_nodes, n_dims, channels',
-                         [(3, 2, 0), (4, 3, 0), (3, 3, 2)])
+@pytest.mark.parametrize('num_nodes, n_dims, channels, num_radial',
+                         [(3, 2, 0, 0), (4, 3, 0, 0), (3, 3, 2, 0),
+                          (4, 3, 0, 6)])
 def test_exact_log_prob_matches_brute_force_jacobian(num_nodes, n_dims,
-                                                     channels, generator):
-    flow = make_flow(n_dims, channels)
+                                                     channels, num_radial,
+                                                     generator):
+    flow = make_flow(n_dims, channels, num_radial=num_radial)
     pos, h, batch = mixed_batch([num_nodes], n_dims, generator, channels)
     pos = center_pos(pos, batch)
 
@@ -406,7 +411,13 @@ def test_construction_is_checked():
     for kwargs, message in ((dict(n_dims=-1), "'n_dims' must be"),
                             (dict(n_dims=3, node_channels=-2),
                              "'node_channels' must be"),
-                            (dict(n_dims=3, graph=True), "'graph' must be")):
+                            (dict(n_dims=3, graph=True), "'graph' must be"),
+                            (dict(n_dims=3, num_radial=1),
+                             "'num_radial' must be"),
+                            (dict(n_dims=3, num_radial=-4),
+                             "'num_radial' must be"),
+                            (dict(n_dims=3, num_radial=4, radial_cutoff=0.0),
+                             "'radial_cutoff' must be")):
         with pytest.raises(ValueError, match=message):
             ENFlow(**kwargs)
     with pytest.raises(ValueError, match='float32 or float64'):

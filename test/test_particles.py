@@ -212,3 +212,19 @@ def test_experiment_options_for_larger_systems():
     assert eval_trace(args, LJ13) == 'exact'
     args = parse_args(['--system', 'lj55', '--eval-trace', 'exact'])
     assert eval_trace(args, LJ55) == 'exact'
+
+
+def test_distance_feature_options():
+    from torch_enf.experiments.particles import build_flow, parse_args
+    with pytest.raises(ValueError, match='--num-radial must be at least 2'):
+        parse_args(['--system', 'dw4', '--num-radial', '1'])
+    with pytest.raises(ValueError, match='--radial-cutoff must be positive'):
+        parse_args(['--system', 'dw4', '--num-radial', '8',
+                     '--radial-cutoff', '0'])
+    args = parse_args(['--system', 'dw4', '--num-radial', '8',
+                       '--radial-cutoff', '4'])
+    dynamics = build_flow(args, 2).dynamics
+    assert dynamics.distance_expansion.offset[-1] == 4.0
+    assert dynamics.egnn.convs[0].edge_dim == 9
+    assert build_flow(parse_args(['--system', 'dw4']),
+                      2).dynamics.distance_expansion is None

@@ -42,6 +42,11 @@ def add_training_arguments(parser: argparse.ArgumentParser,
                    'time budget, whichever ends first')
     p.add_argument('--hidden', type=int, default=64)
     p.add_argument('--layers', type=int, default=6)
+    p.add_argument('--num-radial', type=int, default=None,
+                   help='Gaussian distance features per edge (default: '
+                   'none, only the squared distance)')
+    p.add_argument('--radial-cutoff', type=float, default=5.0,
+                   help='last centre of the distance Gaussians')
     p.add_argument('--ema', type=float, default=None,
                    help='decay of the moving average of the weights that is '
                    'validated and kept (default: 0.999 with fm, none with ml)')
@@ -119,6 +124,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     positive = ['epochs', 'batch_size', 'hidden', 'layers', 'num_valid',
                 'num_samples', 'lr', 'tol', 'eval_tol']
     optional_positive = ['eval_every', 'num_test', 'time_budget', 'threads',
+                         'num_radial', 'radial_cutoff',
                          'sample_steps', 'valid_tol']
     for name in positive + optional_positive:
         value = getattr(args, name)
@@ -127,6 +133,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive "
                              f"(got {value})")
+    if args.num_radial == 1:
+        raise ValueError('--num-radial must be at least 2 (the Gaussians are '
+                         'spaced between 0 and --radial-cutoff)')
     if args.ema is not None and not 0 < args.ema < 1:
         raise ValueError(f'--ema must lie in (0, 1) (got {args.ema})')
     if args.bf16 and args.objective != 'fm':
@@ -169,6 +178,13 @@ def sampling_options(args: argparse.Namespace) -> Dict[str, Any]:
     options = dict(method=args.sample_solver, num_steps=args.sample_steps)
     SolverOptions('dopri5').update(**options)
     return options
+
+
+def radial_options(args: argparse.Namespace) -> Dict[str, Any]:
+    r"""The distance features of the network (options of runs that predate
+    them hold none)."""
+    return dict(num_radial=getattr(args, 'num_radial', None) or 0,
+                radial_cutoff=getattr(args, 'radial_cutoff', 5.0))
 
 
 def build_objective(args: argparse.Namespace) -> Objective:

@@ -16,9 +16,9 @@ from torch_enf.boltzmann import (entropy_bracket, importance_weights,
 from torch_enf.datasets import DW4, LJ13, LJ13Halved, LJ55
 from torch_enf.experiments.common import (add_training_arguments,
                                           format_results, parse,
-                                          prepare_run, run_summary,
-                                          sampling_options, subset, train,
-                                          validation_nll)
+                                          prepare_run, radial_options,
+                                          run_summary, sampling_options,
+                                          subset, train, validation_nll)
 from torch_enf.flows import ENFlow
 from torch_enf.metrics import compare_samples
 from torch_enf.training import atomic_save, evaluate_nll
@@ -116,7 +116,7 @@ def build_flow(args: argparse.Namespace, n_dims: int) -> ENFlow:
     return ENFlow(n_dims, hidden_channels=args.hidden,
                   num_layers=args.layers, rtol=args.tol, atol=args.tol,
                   eval_rtol=args.eval_tol, eval_atol=args.eval_tol,
-                  adjoint=not args.no_adjoint)
+                  adjoint=not args.no_adjoint, **radial_options(args))
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:

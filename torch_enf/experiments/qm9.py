@@ -18,7 +18,8 @@ from torch_enf.distributed import (DistributedContext, init_distributed,
                                    shard_loader, shutdown)
 from torch_enf.experiments.common import (add_training_arguments,
                                           format_results, parse,
-                                          prepare_run, run_summary,
+                                          prepare_run, radial_options,
+                                          run_summary,
                                           sampling_options, subset, train,
                                           validation_nll)
 from torch_enf.flows import (DEQUANTIZERS, ENFlow, MoleculeFlow,
@@ -94,7 +95,8 @@ def build_model(args: argparse.Namespace,
     sizes)."""
     flow_kwargs = dict(hidden_channels=args.hidden, num_layers=args.layers,
                        rtol=args.tol, atol=args.tol, eval_rtol=args.eval_tol,
-                       eval_atol=args.eval_tol, adjoint=not args.no_adjoint)
+                       eval_atol=args.eval_tol, adjoint=not args.no_adjoint,
+                       **radial_options(args))
     if args.positional:
         return ENFlow(3, 0, **flow_kwargs)
     return MoleculeFlow(node_count, dequantizer=args.dequantizer,

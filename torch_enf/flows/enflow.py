@@ -122,6 +122,10 @@ class ENFlow(torch.nn.Module):
             (default: :obj:`15.0`)
         aggr (str, optional): See :class:`EGNNDynamics`.
             (default: :obj:`"add"`)
+        num_radial (int, optional): Gaussian distance features per edge,
+            see :class:`EGNNDynamics`. (default: :obj:`0`)
+        radial_cutoff (float, optional): See :class:`EGNNDynamics`.
+            (default: :obj:`5.0`)
         graph (str or float, optional): :obj:`"full"` for fully connected
             graphs, or a cutoff radius for radius graphs rebuilt at every
             evaluation. (default: :obj:`"full"`)
@@ -164,6 +168,8 @@ class ENFlow(torch.nn.Module):
         coords_norm: Optional[float] = 1.0,
         coords_range: Optional[float] = 15.0,
         aggr: str = 'add',
+        num_radial: int = 0,
+        radial_cutoff: float = 5.0,
         graph: Union[str, float] = 'full',
         solver: str = 'dopri5',
         rtol: float = 1e-4,
@@ -194,7 +200,9 @@ class ENFlow(torch.nn.Module):
             dynamics = EGNNDynamics(n_dims, node_channels, hidden_channels,
                                     num_layers, edge_inference=edge_inference,
                                     coords_norm=coords_norm,
-                                    coords_range=coords_range, aggr=aggr)
+                                    coords_range=coords_range, aggr=aggr,
+                                    num_radial=num_radial,
+                                    radial_cutoff=radial_cutoff)
         self.vector_field = VectorField(dynamics, check_graph(graph))
         self.adjoint = adjoint
         self.adjoint_seminorm = adjoint_seminorm
