@@ -215,6 +215,7 @@ def test_experiment_options_for_larger_systems():
 
 
 def test_distance_feature_options():
+    from torch_enf.experiments.common import run_config
     from torch_enf.experiments.particles import build_flow, parse_args
     with pytest.raises(ValueError, match='--num-radial must be at least 2'):
         parse_args(['--system', 'dw4', '--num-radial', '1'])
@@ -226,5 +227,10 @@ def test_distance_feature_options():
     dynamics = build_flow(args, 2).dynamics
     assert dynamics.distance_expansion.offset[-1] == 4.0
     assert dynamics.egnn.convs[0].edge_dim == 9
-    plain = build_flow(parse_args(['--system', 'dw4']), 2)
-    assert plain.dynamics.distance_expansion is None
+    assert run_config(args)['num_radial'] == 8
+    assert run_config(args)['radial_cutoff'] == 4.0
+    plain_args = parse_args(['--system', 'dw4'])
+    assert build_flow(plain_args, 2).dynamics.distance_expansion is None
+    # Without distance features the run's options are those of runs made
+    # before the options existed, so that those resume.
+    assert not {'num_radial', 'radial_cutoff'} & set(run_config(plain_args))

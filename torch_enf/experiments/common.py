@@ -199,9 +199,16 @@ def build_objective(args: argparse.Namespace) -> Objective:
 
 
 def run_config(args: argparse.Namespace) -> Dict[str, Any]:
-    r"""The options that define a run (stored in its checkpoint)."""
-    return {key: value for key, value in sorted(vars(args).items())
-            if key not in RESUMABLE_OPTIONS}
+    r"""The options that define a run (stored in its checkpoint). The
+    distance options are left out of a network without distance features,
+    where the cutoff has no effect, so that runs from before these options
+    existed still resume."""
+    config = {key: value for key, value in sorted(vars(args).items())
+              if key not in RESUMABLE_OPTIONS}
+    if not config.get('num_radial'):
+        config.pop('num_radial', None)
+        config.pop('radial_cutoff', None)
+    return config
 
 
 def train(model: torch.nn.Module, args: argparse.Namespace,
