@@ -20,6 +20,9 @@ RESUMABLE_OPTIONS = frozenset({
 r"""Options that may change when a run is resumed (run length, evaluation,
 resources); all others must equal those stored in the checkpoint."""
 
+RADIAL_OPTIONS = ('num_radial', 'radial_cutoff')
+r"""The options of the distance features of the network."""
+
 EMA_DECAY = {'fm': 0.999, 'ml': None}
 r"""The default moving average of the weights per objective: flow-matching
 models are evaluated with the average, as diffusion models are."""
@@ -42,7 +45,7 @@ def add_training_arguments(parser: argparse.ArgumentParser,
                    'time budget, whichever ends first')
     p.add_argument('--hidden', type=int, default=64)
     p.add_argument('--layers', type=int, default=6)
-    p.add_argument('--num-radial', type=int, default=None,
+    p.add_argument('--num-radial', type=int, default=0,
                    help='Gaussian distance features per edge (default: '
                    'none, only the squared distance)')
     p.add_argument('--radial-cutoff', type=float, default=5.0,
@@ -124,7 +127,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     positive = ['epochs', 'batch_size', 'hidden', 'layers', 'num_valid',
                 'num_samples', 'lr', 'tol', 'eval_tol']
     optional_positive = ['eval_every', 'num_test', 'time_budget', 'threads',
-                         'num_radial', 'radial_cutoff',
+                         'radial_cutoff',
                          'sample_steps', 'valid_tol']
     for name in positive + optional_positive:
         value = getattr(args, name)
@@ -133,9 +136,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive "
                              f"(got {value})")
-    if args.num_radial == 1:
-        raise ValueError('--num-radial must be at least 2 (the Gaussians are '
-                         'spaced between 0 and --radial-cutoff)')
+    if args.num_radial < 0 or args.num_radial == 1:
+        raise ValueError(f'--num-radial must be at least 2, or 0 for none '
+                         f'(the Gaussians are spaced between 0 and '
+                         f'--radial-cutoff; got {args.num_radial})')
     if args.ema is not None and not 0 < args.ema < 1:
         raise ValueError(f'--ema must lie in (0, 1) (got {args.ema})')
     if args.bf16 and args.objective != 'fm':
@@ -181,10 +185,10 @@ def sampling_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def radial_options(args: argparse.Namespace) -> Dict[str, Any]:
-    r"""The distance features of the network (options of runs that predate
-    them hold none)."""
-    return dict(num_radial=getattr(args, 'num_radial', None) or 0,
-                radial_cutoff=getattr(args, 'radial_cutoff', 5.0))
+    r"""The distance features of the network, as given (the options of runs
+    that predate them hold none: the network's defaults apply)."""
+    return {name: getattr(args, name) for name in RADIAL_OPTIONS
+            if hasattr(args, name)}
 
 
 def build_objective(args: argparse.Namespace) -> Objective:
@@ -206,8 +210,8 @@ def run_config(args: argparse.Namespace) -> Dict[str, Any]:
     config = {key: value for key, value in sorted(vars(args).items())
               if key not in RESUMABLE_OPTIONS}
     if not config.get('num_radial'):
-        config.pop('num_radial', None)
-        config.pop('radial_cutoff', None)
+        for name in RADIAL_OPTIONS:
+            config.pop(name, None)
     return config
 
 
