@@ -130,6 +130,20 @@ def test_sample_particles_to_npy_and_pt(particle_run, tmp_path):
     assert torch.load(tmp_path / 'x.pt').shape == (2, 4, 2)
 
 
+def test_sample_temperature(particle_run, tmp_path, capsys):
+    for name, temperature in (('warm', '1'), ('cold', '0.5')):
+        assert run_cli('sample', particle_run, '-n', 4, '-o',
+                       tmp_path / f'{name}.npy', '--temperature', temperature,
+                       '--no-progress') == 0
+    warm, cold = (np.load(tmp_path / f'{name}.npy')
+                  for name in ('warm', 'cold'))
+    assert np.linalg.norm(cold) < np.linalg.norm(warm)
+    assert run_cli('sample', particle_run, '-n', 2, '-o', tmp_path / 'x.npy',
+                   '--temperature', '-1', '--no-progress') == 2
+    assert "'temperature' must be" in capsys.readouterr().err
+    assert not (tmp_path / 'x.npy').exists()
+
+
 def test_logprob_agrees_with_the_model(molecule_run, tmp_path, capsys):
     pytest.importorskip('rdkit')
     from torch_enf.io import write_sdf

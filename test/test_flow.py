@@ -168,6 +168,27 @@ def test_sample_returns_centred_batches_of_the_asked_sizes():
     assert again.pos.shape == (8, 3)
 
 
+def test_temperature_scales_the_latents_before_the_inverse_map():
+    flow = make_flow(3, 2, eval_rtol=1e-9, eval_atol=1e-9)
+    sizes = torch.tensor([3, 5])
+    batch = torch.repeat_interleave(torch.arange(2), sizes)
+    z_pos, z_h = flow.sample_base(batch, 2, torch.Generator().manual_seed(4))
+    for temperature in (1.0, 0.6):
+        out = flow.sample(sizes, generator=torch.Generator().manual_seed(4),
+                          temperature=temperature)
+        expected = flow.decode(temperature * z_pos, temperature * z_h,
+                               batch)
+        torch.testing.assert_close(out.pos, expected.pos)
+        torch.testing.assert_close(out.h, expected.h)
+    default = flow.sample(sizes, generator=torch.Generator().manual_seed(4))
+    cold = flow.sample(sizes, generator=torch.Generator().manual_seed(4),
+                       temperature=0.6)
+    assert not torch.allclose(default.pos, cold.pos)
+    for bad in (0, -1.0, float('nan'), float('inf'), True, '0.5'):
+        with pytest.raises(ValueError, match="'temperature' must be"):
+            flow.sample(3, 2, temperature=bad)
+
+
 def test_adjoint_and_direct_gradients_agree(generator):
     pos, _, batch = mixed_batch([3, 4], 2, generator)
     data = as_batch(pos, None, batch, 0)

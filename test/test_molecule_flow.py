@@ -102,6 +102,18 @@ def test_sample_gives_valid_molecules():
     assert samples.pos.shape == (len(samples.z), 3)
 
 
+def test_sample_temperature_reaches_the_flow():
+    model = make_model().eval()
+    default = model.sample(4, torch.Generator().manual_seed(2))
+    same = model.sample(4, torch.Generator().manual_seed(2), temperature=1.0)
+    cold = model.sample(4, torch.Generator().manual_seed(2), temperature=0.5)
+    torch.testing.assert_close(same.pos, default.pos)
+    assert torch.equal(cold.ptr, default.ptr)  # the same sizes
+    assert cold.pos.norm() < default.pos.norm()
+    with pytest.raises(ValueError, match="'temperature'"):
+        model.sample(4, temperature=0.0)
+
+
 def test_bad_inputs(generator):
     model = make_model()
     data = molecule(4, generator)

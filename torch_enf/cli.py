@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('-o', '--output', required=True,
                    help='.sdf or .xyz (molecules), .npy or .pt (positions)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--temperature', type=float, default=1.0,
+                   help='scale of the latents; below 1 gives sharper, less '
+                   'diverse samples that no longer follow the model\'s '
+                   'density (default: 1, faithful samples)')
     p.add_argument('--picture', default=None,
                    help='picture of the samples (default: OUTPUT with .png)')
     p.set_defaults(run=_sample)
@@ -129,7 +133,9 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from torch_enf.flows.enflow import check_temperature
     _check_count(args.num_samples, '-n')
+    check_temperature(args.temperature)
     suffix = _suffix(args.output)
     model, options = _load(args)
     kind = _kind(options)
@@ -289,9 +295,11 @@ def _draw(model: torch.nn.Module, options: Dict[str, Any],
         size = QM9.positional_num_atoms
     else:
         return model.sample(args.num_samples, generator,
-                            batch_size=args.batch_size, progress=progress)
+                            batch_size=args.batch_size, progress=progress,
+                            temperature=args.temperature)
     return model.sample(size, args.num_samples, generator,
-                        batch_size=args.batch_size, progress=progress)
+                        batch_size=args.batch_size, progress=progress,
+                        temperature=args.temperature)
 
 
 def _picture_path(args: argparse.Namespace) -> Optional[str]:

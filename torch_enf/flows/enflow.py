@@ -359,8 +359,15 @@ class ENFlow(torch.nn.Module):
                num_samples: Optional[int] = None,
                generator: Optional[torch.Generator] = None,
                batch_size: Optional[int] = None,
-               progress: bool = False) -> Batch:
-        r"""Draws graphs from the flow.
+               progress: bool = False, temperature: float = 1.0) -> Batch:
+        r"""Draws graphs from the flow: latents :math:`\tau \mathbf{z}`,
+        :math:`\mathbf{z}` from the base distribution, carried to the data
+        by the inverse map.
+
+        A temperature :math:`\tau < 1` (as in Glow, Kingma & Dhariwal,
+        2018) draws from the more probable core of the base distribution:
+        sharper, less diverse samples that no longer follow the model's
+        density exactly. :math:`\tau = 1` samples the model.
 
         Args:
             num_nodes (int, list or torch.Tensor): The number of nodes of
@@ -372,13 +379,16 @@ class ENFlow(torch.nn.Module):
                 by default); bounds the memory of large draws.
             progress (bool, optional): Show a progress bar over the graphs.
                 (default: :obj:`False`)
+            temperature (float, optional): The scale :math:`\tau > 0` of
+                the latents. (default: :obj:`1.0`)
 
         Returns:
             torch_geometric.data.Batch: Graphs with :obj:`pos` (centred) and,
             when :obj:`node_channels > 0`, :obj:`h`.
         """
+        check_temperature(temperature)
         return self._sample(num_nodes, num_samples, generator, batch_size,
-                            progress, trace=None)[0]
+                            progress, trace=None, temperature=temperature)[0]
 
     @torch.no_grad()
     def sample_with_log_prob(
@@ -413,7 +423,8 @@ class ENFlow(torch.nn.Module):
                 num_samples: Optional[int],
                 generator: Optional[torch.Generator],
                 batch_size: Optional[int], progress: bool,
-                trace: Optional[str]) -> Tuple[Batch, Optional[Tensor]]:
+                trace: Optional[str], temperature: float = 1.0
+                ) -> Tuple[Batch, Optional[Tensor]]:
         sizes = self._sample_sizes(num_nodes, num_samples)
         data_list, log_probs = [], []
         with tqdm(total=sizes.numel(), desc='sampling', leave=False,
@@ -423,6 +434,8 @@ class ENFlow(torch.nn.Module):
                     torch.arange(chunk.numel(), device=chunk.device), chunk)
                 z_pos, z_h = self.sample_base(batch, chunk.numel(),
                                               generator)
+                if temperature != 1.0:
+                    z_pos, z_h = temperature * z_pos, temperature * z_h
                 out = self.decode(z_pos, z_h if self.node_channels > 0
                                   else None, batch, trace=trace)
                 if trace is not None:
@@ -561,6 +574,16 @@ class ENFlow(torch.nn.Module):
         return (f'{self.__class__.__name__}(n_dims={self.n_dims}, '
                 f'node_channels={self.node_channels}, graph={self.graph}, '
                 f'solver={self.eval_options.method}, adjoint={self.adjoint})')
+
+
+def check_temperature(temperature: Any) -> None:
+    r"""Raises a :class:`ValueError` unless :obj:`temperature` is a positive
+    finite number."""
+    if isinstance(temperature, bool) or \
+            not isinstance(temperature, numbers.Real) or \
+            not 0 < temperature < float('inf'):
+        raise ValueError(f"'temperature' must be a positive finite number "
+                         f"(got {temperature!r})")
 
 
 def _is_integer_scalar(value: Any) -> bool:

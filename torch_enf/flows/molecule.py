@@ -199,7 +199,7 @@ class MoleculeFlow(torch.nn.Module):
     def sample(self, num_samples: int,
                generator: Optional[torch.Generator] = None,
                batch_size: Optional[int] = None,
-               progress: bool = False) -> Batch:
+               progress: bool = False, temperature: float = 1.0) -> Batch:
         r"""Draws molecules: sizes from :math:`p(M)`, then positions and
         continuous features from the flow, quantised by the dequantiser's
         inverse.
@@ -210,6 +210,10 @@ class MoleculeFlow(torch.nn.Module):
             batch_size (int, optional): Molecules per ODE solve (all at
                 once by default).
             progress (bool, optional): Show a progress bar.
+            temperature (float, optional): The scale of the flow's latents,
+                see :meth:`ENFlow.sample`: below 1, sharper and less diverse
+                molecules that no longer follow the model's density.
+                (default: :obj:`1.0`)
 
         Returns:
             torch_geometric.data.Batch: Molecules with :obj:`pos` (centred,
@@ -223,7 +227,8 @@ class MoleculeFlow(torch.nn.Module):
         device = self.feature_scale.device
         sizes = self.node_count.sample(num_samples, generator=generator)
         latent = self.flow.sample(sizes.to(device), generator=generator,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=batch_size, progress=progress,
+                                  temperature=temperature)
         pos, h_flow = latent.pos, latent.h
         if self.actnorm is not None:
             pos, h_flow = self.actnorm.inverse(pos, h_flow)
