@@ -1,15 +1,18 @@
 r"""Sampling cost against sample quality for a trained QM9 molecule flow.
 
 For every solver setting (fixed-step solvers with a number of steps, and
-dopri5 at a tolerance) it draws the same number of molecules with the same
-seed and reports the vector-field evaluations per solve (NFE), the seconds,
-molecules per second, and atom and molecule stability, RDKit validity and
-uniqueness. Then it times the ``torch-enf sample`` workload: 10,000
-molecules with the fastest setting that keeps the quality. Run it on an
+dopri5 at a tolerance) and every sampling temperature (``--temperatures``,
+the scale of the latents) it draws the same number of molecules with the
+same seed and reports the vector-field evaluations per solve (NFE), the
+seconds, molecules per second, and atom and molecule stability, RDKit
+validity and uniqueness. Then it times the ``torch-enf sample`` workload:
+10,000 molecules with the fastest setting that keeps the quality. Run it on an
 otherwise idle machine::
 
     python benchmarks/bench_sampling.py qm9 --threads 2 --num 1000 \
         --json docs/source/_static/results/sampling_qm9.json
+    python benchmarks/bench_sampling.py qm9 --num 1000 --settings \
+        midpoint:10 --temperatures 1 0.9 0.8 0.7 --throughput-num 0
 """
 import argparse
 import json
@@ -34,13 +37,15 @@ def options(setting: str) -> Dict:
 
 
 def measure(model: torch.nn.Module, setting: str, num: int,
-            batch_size: int, seed: int) -> Dict:
+            batch_size: int, seed: int, temperature: float = 1.0) -> Dict:
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     with model.flow.ode_options(**options(setting)):
-        samples = model.sample(num, generator, batch_size=batch_size)
+        samples = model.sample(num, generator, batch_size=batch_size,
+                               temperature=temperature)
     seconds = time.perf_counter() - start
-    result = dict(setting=setting, nfe=model.flow.num_evals,
+    result = dict(setting=setting, temperature=temperature,
+                  nfe=model.flow.num_evals,
                   seconds=seconds, molecules_per_second=num / seconds)
     result.update(molecule_sample_metrics(samples))
     return result
@@ -53,6 +58,8 @@ def main() -> None:
     parser.add_argument('--num', type=int, default=1000)
     parser.add_argument('--batch-size', type=int, default=250)
     parser.add_argument('--settings', nargs='+', default=SETTINGS)
+    parser.add_argument('--temperatures', nargs='+', type=float,
+                        default=[1.0], help='scales of the latents')
     parser.add_argument('--throughput', default='midpoint:25',
                         help='setting for the 10,000-molecule run')
     parser.add_argument('--throughput-num', type=int, default=10000)
@@ -63,9 +70,10 @@ def main() -> None:
     model = load_pretrained(args.model)
     rows: List[Dict] = []
     for setting in args.settings:
-        rows.append(measure(model, setting, args.num, args.batch_size,
-                            args.seed))
-        print(json.dumps(rows[-1]), flush=True)
+        for temperature in args.temperatures:
+            rows.append(measure(model, setting, args.num, args.batch_size,
+                                args.seed, temperature))
+            print(json.dumps(rows[-1]), flush=True)
     throughput = measure(model, args.throughput, args.throughput_num,
                          args.batch_size, args.seed + 1) \
         if args.throughput_num else None
