@@ -432,10 +432,8 @@ class ENFlow(torch.nn.Module):
             for chunk in sizes.split(batch_size or sizes.numel()):
                 batch = torch.repeat_interleave(
                     torch.arange(chunk.numel(), device=chunk.device), chunk)
-                z_pos, z_h = self.sample_base(batch, chunk.numel(),
-                                              generator)
-                if temperature != 1.0:
-                    z_pos, z_h = temperature * z_pos, temperature * z_h
+                z_pos, z_h = (temperature * z for z in self.sample_base(
+                    batch, chunk.numel(), generator))
                 out = self.decode(z_pos, z_h if self.node_channels > 0
                                   else None, batch, trace=trace)
                 if trace is not None:
