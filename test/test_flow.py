@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
@@ -337,10 +338,13 @@ def test_solver_options_are_checked_at_construction():
     with pytest.raises(ValueError, match="Unknown ODE solver 'rk5'"):
         ENFlow(2, solver='rk5')
     for kwargs in (dict(rtol=0.0), dict(eval_atol=-1e-5),
+                   dict(rtol=float('inf')), dict(atol=float('nan')),
+                   dict(eval_rtol=True), dict(eval_atol='1e-5'),
                    dict(solver='rk4', num_steps=0),
                    dict(solver='rk4', num_steps=2.5)):
         with pytest.raises(ValueError):
             ENFlow(2, **kwargs)
+    ENFlow(2, rtol=np.float32(1e-4), eval_atol=1)  # any positive real
     assert set(ADAPTIVE_SOLVERS) >= {'dopri5', 'bosh3'}
     assert set(FIXED_STEP_SOLVERS) >= {'euler', 'midpoint', 'rk4'}
     assert not set(ADAPTIVE_SOLVERS) & set(FIXED_STEP_SOLVERS)

@@ -133,9 +133,9 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from torch_enf.flows.enflow import check_temperature
+    from torch_enf.utils import check_positive_number
     _check_count(args.num_samples, '-n')
-    check_temperature(args.temperature)
+    check_positive_number(args.temperature, 'temperature')
     suffix = _suffix(args.output)
     model, options = _load(args)
     kind = _kind(options)

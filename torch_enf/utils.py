@@ -1,6 +1,8 @@
 r"""Small helpers shared by the layers, the flows and the data sets: graph
 sizes, centring of point clouds and input validation."""
 import contextlib
+import math
+import numbers
 from typing import Any, Callable, Dict, Iterator, Optional, Type
 
 import torch
@@ -93,6 +95,15 @@ def check_batch_vector(batch: Tensor, num_nodes: int, name: str = 'batch'
     if bool((batch.diff() > 1).any()):
         raise ValueError(f"'{name}' skips a graph index: every graph needs at "
                          f"least one node")
+
+
+def check_positive_number(value: Any, name: str) -> None:
+    r"""Raises :class:`ValueError` unless :obj:`value` is a positive finite
+    real number (Python or NumPy; not a boolean, NaN or inf)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not 0 < value < math.inf:
+        raise ValueError(f"'{name}' must be a positive finite number (got "
+                         f"{value!r})")
 
 
 def check_finite(tensor: Tensor, name: str) -> None:

@@ -17,8 +17,8 @@ from torch_enf.flows.vector_field import VectorField, check_graph
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import (center_pos, center_pos_exact,
                              check_batch_vector, check_finite_graphs,
-                             check_node_matrix, default_batch, graph_sizes,
-                             inputs_checked)
+                             check_node_matrix, check_positive_number,
+                             default_batch, graph_sizes, inputs_checked)
 
 TRACES = ('exact', 'hutchinson')
 
@@ -386,7 +386,7 @@ class ENFlow(torch.nn.Module):
             torch_geometric.data.Batch: Graphs with :obj:`pos` (centred) and,
             when :obj:`node_channels > 0`, :obj:`h`.
         """
-        check_temperature(temperature)
+        check_positive_number(temperature, 'temperature')
         return self._sample(num_nodes, num_samples, generator, batch_size,
                             progress, trace=None, temperature=temperature)[0]
 
@@ -572,16 +572,6 @@ class ENFlow(torch.nn.Module):
         return (f'{self.__class__.__name__}(n_dims={self.n_dims}, '
                 f'node_channels={self.node_channels}, graph={self.graph}, '
                 f'solver={self.eval_options.method}, adjoint={self.adjoint})')
-
-
-def check_temperature(temperature: Any) -> None:
-    r"""Raises a :class:`ValueError` unless :obj:`temperature` is a positive
-    finite number."""
-    if isinstance(temperature, bool) or \
-            not isinstance(temperature, numbers.Real) or \
-            not 0 < temperature < float('inf'):
-        raise ValueError(f"'temperature' must be a positive finite number "
-                         f"(got {temperature!r})")
 
 
 def _is_integer_scalar(value: Any) -> bool:

@@ -14,7 +14,7 @@ from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver
 
 from torch_enf.flows.divergence import (diagonal_basis, exact_divergence,
                                         hutchinson_divergence)
-from torch_enf.utils import scatter_sum
+from torch_enf.utils import check_positive_number, scatter_sum
 
 ADAPTIVE_SOLVERS = tuple(name for name, cls in SOLVERS.items()
                          if issubclass(cls, AdaptiveStepsizeODESolver))
@@ -70,11 +70,8 @@ class SolverOptions:
         if self.method not in known:
             raise ValueError(f"Unknown ODE solver {self.method!r} (expected "
                              f"one of {known})")
-        for name in ('rtol', 'atol'):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"'{name}' must be a positive number (got "
-                                 f"{value!r})")
+        check_positive_number(self.rtol, 'rtol')
+        check_positive_number(self.atol, 'atol')
         _check_count(self.max_num_steps, 'max_num_steps')
         if self.adaptive:
             return
