@@ -1,0 +1,134 @@
+r"""Importance sampling of a trained particle flow in resumable chunks.
+
+Draws ``--num`` flow samples with exact :math:`\log q` (chunks of
+``--chunk``, each with its own seed, saved as ``OUT/chunk-K.pt`` as soon as
+it is done, so a killed run resumes where it stopped and several processes
+may share the work with ``--part I --parts P``, or one join a running
+one from the other end with ``--reverse``), then reports from all the
+chunks found the effective sample size, :math:`\log Z` and the entropy
+floor :math:`H(p)` of the test data with its bracket
+(:mod:`torch_enf.boltzmann`)::
+
+    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 --system lj13 \
+        --num 10000 --out runs/lj13-fm-10000-is --part 0 --parts 2 &
+    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 --system lj13 \
+        --num 10000 --out runs/lj13-fm-10000-is --part 1 --parts 2
+    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 --system lj13 \
+        --num 10000 --out runs/lj13-fm-10000-is --summary \
+        --test-nll 18.59 --json lj13_is.json
+
+``--test-nll`` (the model's test NLL, e.g. from its ``results.json``) is
+the upper end of the bracket; without it the bracket has no upper end.
+"""
+import argparse
+import json
+import math
+import os
+import os.path as osp
+import time
+
+import torch
+
+from torch_enf.boltzmann import (effective_sample_size, importance_weights,
+                                 log_partition_function)
+from torch_enf.experiments.particles import SYSTEMS
+from torch_enf.pretrained import load_pretrained
+from torch_enf.training import atomic_save
+
+
+def chunk_path(out: str, index: int) -> str:
+    return osp.join(out, f'chunk-{index}.pt')
+
+
+def draw_chunks(args: argparse.Namespace) -> None:
+    system = SYSTEMS[args.system]
+    flow = load_pretrained(args.model)
+    num_chunks = math.ceil(args.num / args.chunk)
+    indices = range(args.part, num_chunks, args.parts)
+    for index in reversed(indices) if args.reverse else indices:
+        path = chunk_path(args.out, index)
+        if osp.exists(path):
+            continue
+        size = min(args.chunk, args.num - index * args.chunk)
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(args.seed + index)
+        with flow.ode_options(rtol=args.tol, atol=args.tol):
+            draw = importance_weights(flow, system.energy, size,
+                                      generator=generator)
+        atomic_save(dict(log_q=draw.log_q, energy=draw.energy,
+                         seconds=time.perf_counter() - start,
+                         nfe=flow.num_evals), path)
+        print(f'chunk {index}: {size} samples in '
+              f'{time.perf_counter() - start:.0f} s', flush=True)
+
+
+def summary(args: argparse.Namespace) -> dict:
+    system = SYSTEMS[args.system]
+    chunks = [torch.load(chunk_path(args.out, index), weights_only=True)
+              for index in range(math.ceil(args.num / args.chunk))
+              if osp.exists(chunk_path(args.out, index))]
+    if not chunks:
+        raise SystemExit(f'No chunks in {args.out}')
+    log_q = torch.cat([c['log_q'] for c in chunks]).double()
+    energy = torch.cat([c['energy'] for c in chunks]).double()
+    log_weights = -energy - log_q
+    log_z, log_z_stderr = log_partition_function(log_weights)
+    test = system(osp.join(args.root, args.system), 'test')
+    test_energy = system.energy(
+        torch.stack([d.pos for d in test]).double())
+    mean_energy = float(test_energy.mean())
+    energy_stderr = float(test_energy.std() / math.sqrt(test_energy.numel()))
+    finite = log_weights[torch.isfinite(log_weights)]
+    results = dict(
+        model=args.model, system=args.system, num_samples=log_q.numel(),
+        tol=args.tol, ess=effective_sample_size(log_weights), log_z=log_z,
+        log_z_stderr=log_z_stderr, mean_energy_test=mean_energy,
+        num_test=test_energy.numel(), entropy=mean_energy + log_z,
+        entropy_stderr=math.hypot(energy_stderr, log_z_stderr),
+        entropy_lower=mean_energy + float(finite.mean()),
+        num_infinite_energy=int(torch.isinf(energy).sum()),
+        core_seconds=sum(c['seconds'] for c in chunks))
+    if args.test_nll is not None:
+        results.update(entropy_upper=args.test_nll,
+                       nll_minus_entropy=args.test_nll - results['entropy'])
+    print(json.dumps(results, indent=2))
+    if args.json:
+        atomic_save(results, args.json)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('model', help='run folder, checkpoint or model name')
+    parser.add_argument('--system', choices=sorted(SYSTEMS), required=True)
+    parser.add_argument('--num', type=int, default=10000)
+    parser.add_argument('--chunk', type=int, default=500)
+    parser.add_argument('--tol', type=float, default=1e-4)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--part', type=int, default=0)
+    parser.add_argument('--parts', type=int, default=1)
+    parser.add_argument('--reverse', action='store_true',
+                        help='draw the chunks last first (a helper process '
+                        'that joins a running one)')
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--root', default='data')
+    parser.add_argument('--out', required=True)
+    parser.add_argument('--summary', action='store_true',
+                        help='only report on the chunks found')
+    parser.add_argument('--test-nll', type=float, default=None)
+    parser.add_argument('--json', default=None)
+    args = parser.parse_args()
+    if args.num < 1 or args.chunk < 1 or not 0 <= args.part < args.parts:
+        parser.error('--num and --chunk must be positive and 0 <= --part < '
+                     '--parts')
+    if not (args.tol > 0 and math.isfinite(args.tol)):
+        parser.error('--tol must be positive and finite')
+    torch.set_num_threads(args.threads)
+    if not args.summary:
+        os.makedirs(args.out, exist_ok=True)
+        draw_chunks(args)
+    summary(args)
+
+
+if __name__ == '__main__':
+    main()
