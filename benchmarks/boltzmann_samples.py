@@ -18,7 +18,7 @@ floor :math:`H(p)` of the test data with its bracket
         --test-nll 18.59 --json lj13_is.json
 
 ``--test-nll`` (the model's test NLL, e.g. from its ``results.json``) is
-the upper end of the bracket; without it the bracket has no upper end.
+the upper end of the bracket.
 """
 import argparse
 import json
@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from torch_enf.boltzmann import (effective_sample_size, importance_weights,
+from torch_enf.boltzmann import (entropy_bracket, importance_weights,
                                  log_partition_function)
 from torch_enf.experiments.particles import SYSTEMS
 from torch_enf.pretrained import load_pretrained
@@ -56,8 +56,7 @@ def draw_chunks(args: argparse.Namespace) -> None:
             draw = importance_weights(flow, system.energy, size,
                                       generator=generator)
         atomic_save(dict(log_q=draw.log_q, energy=draw.energy,
-                         seconds=time.perf_counter() - start,
-                         nfe=flow.num_evals), path)
+                         seconds=time.perf_counter() - start), path)
         print(f'chunk {index}: {size} samples in '
               f'{time.perf_counter() - start:.0f} s', flush=True)
 
@@ -76,21 +75,18 @@ def summary(args: argparse.Namespace) -> dict:
     test = system(osp.join(args.root, args.system), 'test')
     test_energy = system.energy(
         torch.stack([d.pos for d in test]).double())
-    mean_energy = float(test_energy.mean())
-    energy_stderr = float(test_energy.std() / math.sqrt(test_energy.numel()))
-    finite = log_weights[torch.isfinite(log_weights)]
+    mean_log_q_test = torch.tensor(-args.test_nll, dtype=torch.float64)
+    bracket = entropy_bracket(test_energy, mean_log_q_test, log_weights)
     results = dict(
         model=args.model, system=args.system, num_samples=log_q.numel(),
-        tol=args.tol, ess=effective_sample_size(log_weights), log_z=log_z,
-        log_z_stderr=log_z_stderr, mean_energy_test=mean_energy,
-        num_test=test_energy.numel(), entropy=mean_energy + log_z,
-        entropy_stderr=math.hypot(energy_stderr, log_z_stderr),
-        entropy_lower=mean_energy + float(finite.mean()),
+        tol=args.tol, ess=bracket.ess, log_z=log_z,
+        log_z_stderr=log_z_stderr,
+        mean_energy_test=float(test_energy.mean()),
+        num_test=test_energy.numel(), entropy=bracket.entropy,
+        entropy_stderr=bracket.stderr, entropy_lower=bracket.lower,
         num_infinite_energy=int(torch.isinf(energy).sum()),
-        core_seconds=sum(c['seconds'] for c in chunks))
-    if args.test_nll is not None:
-        results.update(entropy_upper=args.test_nll,
-                       nll_minus_entropy=args.test_nll - results['entropy'])
+        core_seconds=sum(c['seconds'] for c in chunks),
+        entropy_upper=bracket.upper, nll_minus_entropy=bracket.kl)
     print(json.dumps(results, indent=2))
     if args.json:
         atomic_save(results, args.json)
@@ -115,14 +111,14 @@ def main() -> None:
     parser.add_argument('--out', required=True)
     parser.add_argument('--summary', action='store_true',
                         help='only report on the chunks found')
-    parser.add_argument('--test-nll', type=float, default=None)
+    parser.add_argument('--test-nll', type=float, required=True,
+                        help="the model's test NLL (upper end of the "
+                        "bracket)")
     parser.add_argument('--json', default=None)
     args = parser.parse_args()
     if args.num < 1 or args.chunk < 1 or not 0 <= args.part < args.parts:
         parser.error('--num and --chunk must be positive and 0 <= --part < '
                      '--parts')
-    if not (args.tol > 0 and math.isfinite(args.tol)):
-        parser.error('--tol must be positive and finite')
     torch.set_num_threads(args.threads)
     if not args.summary:
         os.makedirs(args.out, exist_ok=True)

@@ -182,7 +182,9 @@ def entropy_bracket(energy_data: Tensor, log_q_data: Tensor,
     r"""The Boltzmann entropy :math:`H(p) = \mathbb{E}_p[E] + \log Z` of the
     data's distribution, the floor of every model's NLL, from the energies
     and flow log-densities of data (:obj:`energy_data`,
-    :obj:`log_q_data`) and the log-weights of flow samples."""
+    :obj:`log_q_data`) and the log-weights of flow samples. Only the mean
+    of :obj:`log_q_data` enters, so a single value (minus a test NLL
+    measured elsewhere) serves as well."""
     energy_data, log_q_data = energy_data.detach(), log_q_data.detach()
     mean_energy = float(energy_data.double().mean())
     log_z, log_z_stderr = log_partition_function(log_weights)
