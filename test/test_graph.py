@@ -73,7 +73,7 @@ def test_radius_graph_max_num_neighbors_keeps_nearest(generator):
 
 def test_radius_graph_errors():
     pos = torch.randn(4, 3)
-    with pytest.raises(ValueError, match='radius'):
+    with pytest.raises(ValueError, match="'r' must be a positive"):
         radius_graph(pos, 0.0)
     with pytest.raises(ValueError, match='pos'):
         radius_graph(pos.view(-1), 1.0)

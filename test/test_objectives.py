@@ -3,6 +3,7 @@ symmetries, reproducibility, and that it trains a flow whose exact
 likelihood improves), maximum likelihood, the registries and bad input."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -289,10 +290,15 @@ def test_flow_matching_rejects_bad_input(generator):
                 torch.zeros(11, 3, dtype=pos.dtype))
     with pytest.raises(TypeError, match='flow_inputs'):
         FlowMatching()(torch.nn.Linear(2, 2), Data(pos=pos))
-    for kwargs in (dict(sigma=-1.0), dict(align_iterations=0),
-                   dict(time_exponent=0.0)):
+    for kwargs in (dict(sigma=-1.0), dict(sigma=math.inf),
+                   dict(align_iterations=0), dict(align_iterations=True),
+                   dict(time_exponent=0.0), dict(time_exponent=math.nan)):
         with pytest.raises(ValueError):
             FlowMatching(**kwargs)
+    # NumPy scalars are numbers like any other.
+    FlowMatching(sigma=np.float32(0.1), align_iterations=np.int64(2))
+    with pytest.raises(ValueError, match="'regularization_weight'"):
+        MaximumLikelihood(regularization_weight=math.inf)
 
 
 # Maximum likelihood and the registries ---------------------------------------

@@ -147,7 +147,8 @@ def test_fit_time_budget_stops_inside_the_epoch(tmp_path):
 
 
 def test_fit_rejects_bad_options(tmp_path):
-    for kwargs in (dict(epochs=0), dict(lr=-1.0), dict(ema_decay=1.0),
+    for kwargs in (dict(epochs=0), dict(epochs=2.5), dict(lr=-1.0),
+                   dict(lr=math.inf), dict(ema_decay=1.0),
                    dict(clip='huge'), dict(time_budget=0.0)):
         kwargs.setdefault('epochs', 1)
         epochs = kwargs.pop('epochs')

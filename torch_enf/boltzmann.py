@@ -26,6 +26,7 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from torch_enf.systems import ParticleEnergy
+from torch_enf.utils import check_positive_integer
 
 
 class ImportanceSamples(NamedTuple):
@@ -68,10 +69,7 @@ def importance_weights(flow: torch.nn.Module, energy: ParticleEnergy,
             match the flow's, :obj:`num_samples` is not positive, or an
             energy is NaN (the count is given; nothing is dropped).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) \
-            or num_samples < 1:
-        raise ValueError(f"'num_samples' must be a positive integer (got "
-                         f"{num_samples!r})")
+    check_positive_integer(num_samples, 'num_samples')
     if energy.n_dims != flow.n_dims:
         raise ValueError(f'The energy is {energy.n_dims}-dimensional, the '
                          f'flow {flow.n_dims}-dimensional')

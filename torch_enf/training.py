@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from torch_enf.distributed import (DistributedContext, barrier,
                                    mean_over_processes, wrap_model)
 from torch_enf.io import atomic_path, remove_temporaries
+from torch_enf.utils import check_positive_integer, check_positive_number
 
 CHECKPOINT_FORMAT = 'torch-enf-checkpoint'
 r"""The :obj:`format` entry of the checkpoints that :func:`fit` writes."""
@@ -380,12 +381,9 @@ def fit(
 def _check_fit_options(epochs: int, eval_every: int, lr: float,
                        ema_decay: Optional[float], clip: Any,
                        time_budget: Optional[float], lr_schedule: str) -> None:
-    for name, value in (('epochs', epochs), ('eval_every', eval_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"'{name}' must be a positive integer (got "
-                             f"{value!r})")
-    if not lr > 0:
-        raise ValueError(f"'lr' must be positive (got {lr!r})")
+    check_positive_integer(epochs, 'epochs')
+    check_positive_integer(eval_every, 'eval_every')
+    check_positive_number(lr, 'lr')
     if ema_decay is not None and not 0 < ema_decay < 1:
         raise ValueError(f"'ema_decay' must lie in (0, 1) (got "
                          f"{ema_decay!r})")

@@ -106,6 +106,24 @@ def check_positive_number(value: Any, name: str) -> None:
                          f"{value!r})")
 
 
+def check_positive_integer(value: Any, name: str) -> None:
+    r"""Raises :class:`ValueError` unless :obj:`value` is a positive integer
+    (Python or NumPy; not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or value < 1:
+        raise ValueError(f"'{name}' must be a positive integer (got "
+                         f"{value!r})")
+
+
+def check_non_negative_number(value: Any, name: str) -> None:
+    r"""Raises :class:`ValueError` unless :obj:`value` is a finite real
+    number of at least zero (not a boolean, NaN or inf)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not 0 <= value < math.inf:
+        raise ValueError(f"'{name}' must be a non-negative finite number "
+                         f"(got {value!r})")
+
+
 def check_finite(tensor: Tensor, name: str) -> None:
     r"""Raises :class:`ValueError` if :obj:`tensor` holds NaN or inf."""
     if not bool(torch.isfinite(tensor).all()):

@@ -1,6 +1,5 @@
 r"""The DW4, LJ13 and LJ55 many-body particle systems as PyG datasets."""
 import hashlib
-import numbers
 import os
 import os.path as osp
 from typing import Any, Callable, Dict, Optional
@@ -13,6 +12,7 @@ from torch_geometric.data import Data, InMemoryDataset
 from .cache import load_processed
 from torch_enf.systems import (DoubleWellEnergy, LennardJonesEnergy,
                                MALASampler, ParticleEnergy, remove_mean)
+from torch_enf.utils import check_positive_integer
 
 SPLITS = ('train', 'valid', 'test')
 
@@ -79,14 +79,10 @@ class ParticleSystem(InMemoryDataset):
         if n_train is not None and split != 'train':
             raise ValueError(f"'n_train' only applies to the 'train' split "
                              f"(got split '{split}')")
-        if n_train is not None and (isinstance(n_train, bool) or
-                                    not isinstance(n_train, numbers.Integral)
-                                    or n_train < 1):
-            raise ValueError(f"'n_train' must be a positive integer (got "
-                             f"{n_train!r})")
-        if num_samples is not None and num_samples < 1:
-            raise ValueError(f"'num_samples' must be positive "
-                             f"(got {num_samples})")
+        if n_train is not None:
+            check_positive_integer(n_train, 'n_train')
+        if num_samples is not None:
+            check_positive_integer(num_samples, 'num_samples')
         if source is not None and (num_samples is not None
                                    or sampler_kwargs is not None):
             raise ValueError("'num_samples' and 'sampler_kwargs' configure "

@@ -5,6 +5,7 @@ from torch import Tensor
 from torch_geometric.nn.models.schnet import GaussianSmearing
 
 from torch_enf.nn import EGNN
+from torch_enf.utils import check_positive_number
 
 
 class EGNNDynamics(torch.nn.Module):
@@ -74,9 +75,7 @@ class EGNNDynamics(torch.nn.Module):
                 or num_radial < 0 or num_radial == 1:
             raise ValueError(f"'num_radial' must be 0 or an integer of at "
                              f"least 2 (got {num_radial!r})")
-        if not radial_cutoff > 0:
-            raise ValueError(f"'radial_cutoff' must be positive (got "
-                             f"{radial_cutoff!r})")
+        check_positive_number(radial_cutoff, 'radial_cutoff')
         self.n_dims = n_dims
         self.node_channels = node_channels
         self.condition_time = condition_time

@@ -14,7 +14,8 @@ from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver
 
 from torch_enf.flows.divergence import (diagonal_basis, exact_divergence,
                                         hutchinson_divergence)
-from torch_enf.utils import check_positive_number, scatter_sum
+from torch_enf.utils import (check_positive_integer, check_positive_number,
+                             scatter_sum)
 
 ADAPTIVE_SOLVERS = tuple(name for name, cls in SOLVERS.items()
                          if issubclass(cls, AdaptiveStepsizeODESolver))
@@ -72,14 +73,14 @@ class SolverOptions:
                              f"one of {known})")
         check_positive_number(self.rtol, 'rtol')
         check_positive_number(self.atol, 'atol')
-        _check_count(self.max_num_steps, 'max_num_steps')
+        check_positive_integer(self.max_num_steps, 'max_num_steps')
         if self.adaptive:
             return
         if self.num_steps is None:
             raise ValueError(f"The fixed-step solver {self.method!r} needs "
                              f"'num_steps' (the number of equal steps over "
                              f"[0, 1])")
-        _check_count(self.num_steps, 'num_steps')
+        check_positive_integer(self.num_steps, 'num_steps')
 
     @property
     def adaptive(self) -> bool:
@@ -110,12 +111,6 @@ class SolverOptions:
 
             kwargs['options'] = dict(grid_constructor=grid)
         return kwargs
-
-
-def _check_count(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"'{name}' must be a positive integer (got "
-                         f"{value!r})")
 
 
 class AugmentedODE:

@@ -11,7 +11,8 @@ from torch_enf.flows.dequantization import DEQUANTIZERS, Dequantizer
 from torch_enf.flows.enflow import ENFlow, FlowInputs
 from torch_enf.flows.node_count import NodeCountDistribution
 from torch_enf.utils import (center_pos_exact, check_batch_vector,
-                             default_batch, graph_sizes)
+                             check_positive_integer, default_batch,
+                             graph_sizes)
 
 
 class _Transformed(NamedTuple):
@@ -220,10 +221,7 @@ class MoleculeFlow(torch.nn.Module):
             Angstrom), discrete :obj:`h` :obj:`[N, F]` and :obj:`z`, the
             atomic number of the arg-max class.
         """
-        if isinstance(num_samples, bool) or \
-                not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"'num_samples' must be a positive integer "
-                             f"(got {num_samples!r})")
+        check_positive_integer(num_samples, 'num_samples')
         device = self.feature_scale.device
         sizes = self.node_count.sample(num_samples, generator=generator)
         latent = self.flow.sample(sizes.to(device), generator=generator,

@@ -4,6 +4,8 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor
 
+from torch_enf.utils import check_non_negative_number
+
 
 class NodeCountDistribution(torch.nn.Module):
     r"""A categorical distribution over the number of nodes :math:`M` of a
@@ -40,9 +42,7 @@ class NodeCountDistribution(torch.nn.Module):
         if histogram[0] != 0:
             raise ValueError("'histogram[0]' counts graphs without nodes; it "
                              "must be zero")
-        if smoothing < 0:
-            raise ValueError(f"'smoothing' must be non-negative, got "
-                             f"{smoothing}")
+        check_non_negative_number(smoothing, 'smoothing')
         counts = histogram.clone()
         counts[1:] += smoothing
         if counts.sum() <= 0:

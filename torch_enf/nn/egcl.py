@@ -6,8 +6,8 @@ from torch.nn import Linear, Sequential
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.inits import reset
 
-from torch_enf.utils import (check_finite, checking_values, scatter_mean,
-                             scatter_sum)
+from torch_enf.utils import (check_finite, check_positive_number,
+                             checking_values, scatter_mean, scatter_sum)
 
 
 def safe_norm(sq_norm: Tensor) -> Tensor:
@@ -109,9 +109,8 @@ class EGCL(MessagePassing):
             raise ValueError(f"'coords_norm' must be positive so that "
                              f"coincident points stay finite (got "
                              f"{coords_norm})")
-        if coords_range is not None and not coords_range > 0:
-            raise ValueError(f"'coords_range' must be positive (got "
-                             f"{coords_range})")
+        if coords_range is not None:
+            check_positive_number(coords_range, 'coords_range')
         super().__init__(aggr=aggr, node_dim=0)
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels = in_channels

@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from torch_enf.utils import check_batch_vector, default_batch, graph_sizes
+from torch_enf.utils import (check_batch_vector, check_positive_number,
+                             default_batch, graph_sizes)
 
 CELL_LIST_MIN_NODES = 128
 r"""Without :obj:`torch_cluster`, graphs larger than this are connected
@@ -79,8 +80,7 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None,
     if pos.dim() != 2:
         raise ValueError(f"'pos' must have shape [num_nodes, n_dims] "
                          f"(got {list(pos.shape)})")
-    if not r > 0:
-        raise ValueError(f"The radius 'r' must be positive (got {r})")
+    check_positive_number(r, 'r')
     if max_num_neighbors is not None and max_num_neighbors < 1:
         raise ValueError(f"'max_num_neighbors' must be at least 1 "
                          f"(got {max_num_neighbors})")

@@ -7,8 +7,9 @@ from torch import Tensor
 from torch_enf.flows.enflow import FlowInputs
 from torch_enf.objectives.alignment import align_base_samples, match_graphs
 from torch_enf.objectives.base import Objective, register_objective
-from torch_enf.utils import (center_pos, graph_sizes, inputs_checked,
-                             scatter_sum)
+from torch_enf.utils import (center_pos, check_non_negative_number,
+                             check_positive_integer, check_positive_number,
+                             graph_sizes, inputs_checked, scatter_sum)
 
 
 @register_objective('fm')
@@ -80,15 +81,9 @@ class FlowMatching(Objective):
                  align_iterations: int = 3, minibatch_ot: bool = False,
                  time_exponent: float = 1.0,
                  generator: Optional[torch.Generator] = None):
-        if not sigma >= 0:
-            raise ValueError(f"'sigma' must be non-negative (got {sigma!r})")
-        if not time_exponent > 0:
-            raise ValueError(f"'time_exponent' must be positive (got "
-                             f"{time_exponent!r})")
-        if isinstance(align_iterations, bool) or \
-                not isinstance(align_iterations, int) or align_iterations < 1:
-            raise ValueError(f"'align_iterations' must be a positive integer "
-                             f"(got {align_iterations!r})")
+        check_non_negative_number(sigma, 'sigma')
+        check_positive_number(time_exponent, 'time_exponent')
+        check_positive_integer(align_iterations, 'align_iterations')
         self.sigma = float(sigma)
         self.align = bool(align)
         self.align_iterations = align_iterations

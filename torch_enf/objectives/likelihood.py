@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from torch_enf.objectives.base import Objective, register_objective
+from torch_enf.utils import check_non_negative_number
 
 
 @register_objective('ml')
@@ -32,9 +33,8 @@ class MaximumLikelihood(Objective):
 
     def __init__(self, regularization_weight: float = 0.0,
                  trace: str = 'hutchinson'):
-        if not regularization_weight >= 0:
-            raise ValueError(f"'regularization_weight' must be non-negative "
-                             f"(got {regularization_weight!r})")
+        check_non_negative_number(regularization_weight,
+                                  'regularization_weight')
         if trace not in ('hutchinson', 'exact'):
             raise ValueError(f"'trace' must be 'hutchinson' or 'exact' (got "
                              f"{trace!r})")

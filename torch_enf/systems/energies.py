@@ -14,6 +14,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from torch_enf.utils import check_positive_number
+
 
 class ParticleEnergy(torch.nn.Module, metaclass=abc.ABCMeta):
     r"""Base class of pairwise particle energies.
@@ -179,8 +181,7 @@ class HarmonicEnergy(ParticleEnergy):
     """
     def __init__(self, num_particles: int, n_dims: int, sigma: float = 1.0):
         super().__init__(num_particles, n_dims)
-        if not sigma > 0:
-            raise ValueError(f"'sigma' must be positive (got {sigma})")
+        check_positive_number(sigma, 'sigma')
         self.sigma = sigma
 
     def energy(self, pos: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .energies import ParticleEnergy
+from torch_enf.utils import check_positive_integer
 
 
 def remove_mean(pos: Tensor) -> Tensor:
@@ -223,9 +224,7 @@ class MALASampler:
             progress (bool, optional): Whether to show a progress bar.
                 (default: :obj:`True`)
         """
-        if num_samples < 1:
-            raise ValueError(f"'num_samples' must be positive "
-                             f"(got {num_samples})")
+        check_positive_integer(num_samples, 'num_samples')
         M, n = self.energy.num_particles, self.energy.n_dims
         R, C = len(self.temperatures), self.num_chains
         if init is None:
