@@ -41,15 +41,28 @@ def test_compile_fullgraph_matches_eager(make):
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_compile_fullgraph_dynamics_matches_eager():
+@pytest.mark.parametrize('options', [{}, {'cpp_wrapper': True}],
+                         ids=['python-wrapper', 'cpp-wrapper'])
+def test_compile_fullgraph_dynamics_matches_eager(options):
+    # The C++ wrapper is what makes compiling pay off on tiny graphs (see
+    # the benchmarks page); forward and backward must match eager with it.
     torch.manual_seed(0)
     dynamics = EGNNDynamics(3, 6, hidden_channels=16, num_layers=2)
-    compiled = torch.compile(dynamics, fullgraph=True, dynamic=True)
+    compiled = torch.compile(dynamics, fullgraph=True, dynamic=True,
+                             options=options)
     h, pos, edge_index = inputs(BATCH, 6, 0)
     t = torch.full((BATCH.numel(), ), 0.3)  # per-node times
+    grads = []
+    for module in (compiled, dynamics):
+        pos_leaf = pos.clone().requires_grad_()
+        dpos, dh = module(t, pos_leaf, h, edge_index, BATCH)
+        grads.append(torch.autograd.grad(dpos.pow(2).sum() + dh.sum(),
+                                         [pos_leaf, *dynamics.parameters()]))
     for out, ref in zip(compiled(t, pos, h, edge_index, BATCH),
                         dynamics(t, pos, h, edge_index, BATCH)):
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for out, ref in zip(*grads):
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize('make', [egcl, egnn], ids=['EGCL', 'EGNN'])
