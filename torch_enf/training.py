@@ -391,9 +391,8 @@ def _check_fit_options(epochs: int, eval_every: int, lr: float,
             isinstance(clip, (int, float)) and clip > 0)):
         raise ValueError(f"'clip' must be 'adaptive', a positive norm or "
                          f"None (got {clip!r})")
-    if time_budget is not None and not time_budget > 0:
-        raise ValueError(f"'time_budget' must be a positive number of hours "
-                         f"(got {time_budget!r})")
+    if time_budget is not None:
+        check_positive_number(time_budget, 'time_budget')  # hours
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"'lr_schedule' must be one of {LR_SCHEDULES} (got "
                          f"{lr_schedule!r})")

@@ -97,11 +97,17 @@ def check_batch_vector(batch: Tensor, num_nodes: int, name: str = 'batch'
                          f"least one node")
 
 
+def _is_finite_real(value: Any) -> bool:
+    r"""Whether :obj:`value` is a finite real number (Python or NumPy; not a
+    boolean, NaN or inf)."""
+    return not isinstance(value, bool) and \
+        isinstance(value, numbers.Real) and math.isfinite(value)
+
+
 def check_positive_number(value: Any, name: str) -> None:
     r"""Raises :class:`ValueError` unless :obj:`value` is a positive finite
     real number (Python or NumPy; not a boolean, NaN or inf)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-            not 0 < value < math.inf:
+    if not (_is_finite_real(value) and value > 0):
         raise ValueError(f"'{name}' must be a positive finite number (got "
                          f"{value!r})")
 
@@ -118,8 +124,7 @@ def check_positive_integer(value: Any, name: str) -> None:
 def check_non_negative_number(value: Any, name: str) -> None:
     r"""Raises :class:`ValueError` unless :obj:`value` is a finite real
     number of at least zero (not a boolean, NaN or inf)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-            not 0 <= value < math.inf:
+    if not (_is_finite_real(value) and value >= 0):
         raise ValueError(f"'{name}' must be a non-negative finite number "
                          f"(got {value!r})")
 

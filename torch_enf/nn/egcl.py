@@ -105,12 +105,11 @@ class EGCL(MessagePassing):
     ):
         if aggr not in ('add', 'mean'):
             raise ValueError(f"'aggr' must be 'add' or 'mean' (got '{aggr}')")
-        if coords_norm is not None and not coords_norm > 0:
-            raise ValueError(f"'coords_norm' must be positive so that "
-                             f"coincident points stay finite (got "
-                             f"{coords_norm})")
-        if coords_range is not None:
-            check_positive_number(coords_range, 'coords_range')
+        # C > 0 keeps the update finite for coincident points.
+        for name, value in (('coords_norm', coords_norm),
+                            ('coords_range', coords_range)):
+            if value is not None:
+                check_positive_number(value, name)
         super().__init__(aggr=aggr, node_dim=0)
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels = in_channels

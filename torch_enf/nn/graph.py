@@ -9,8 +9,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from torch_enf.utils import (check_batch_vector, check_positive_number,
-                             default_batch, graph_sizes)
+from torch_enf.utils import (check_batch_vector, check_positive_integer,
+                             check_positive_number, default_batch,
+                             graph_sizes)
 
 CELL_LIST_MIN_NODES = 128
 r"""Without :obj:`torch_cluster`, graphs larger than this are connected
@@ -81,9 +82,8 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None,
         raise ValueError(f"'pos' must have shape [num_nodes, n_dims] "
                          f"(got {list(pos.shape)})")
     check_positive_number(r, 'r')
-    if max_num_neighbors is not None and max_num_neighbors < 1:
-        raise ValueError(f"'max_num_neighbors' must be at least 1 "
-                         f"(got {max_num_neighbors})")
+    if max_num_neighbors is not None:
+        check_positive_integer(max_num_neighbors, 'max_num_neighbors')
     if batch is None:
         batch = default_batch(pos.size(0), pos.device)
     check_batch_vector(batch, pos.size(0))
