@@ -27,7 +27,8 @@ COMMON = dict(objective='fm', hidden=8, layers=1, tol=1e-3, eval_tol=1e-3,
               sample_steps=4)
 PARTICLES = dict(COMMON, system='dw4', n_train=10)
 MOLECULES = dict(COMMON, positional=False, dequantizer='argmax',
-                 actnorm=False, num_radial=4, radial_cutoff=3.0)
+                 actnorm=False, num_radial=4, radial_cutoff=3.0,
+                 class_margin=1.0)
 
 
 def molecules(num, generator, sizes=(3, 4, 5)):
@@ -228,6 +229,7 @@ def test_load_pretrained_and_export(molecule_run, tmp_path):
     # The run's distance features are rebuilt from its options.
     assert model.flow.dynamics.distance_expansion.offset.numel() == 4
     assert model.flow.dynamics.egnn.convs[0].edge_dim == 5
+    assert model.dequantizer.margin == 1.0
     path = str(tmp_path / 'model.pt')
     export_model(str(molecule_run), path, card=dict(description='tiny'))
     exported = load_pretrained(path)

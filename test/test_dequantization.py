@@ -36,8 +36,12 @@ def variational(**kwargs):
     return deq
 
 
+def argmax_with_margin():
+    return ArgmaxDequantizer(margin=1.5)
+
+
 @pytest.mark.parametrize('make', [UniformDequantizer, variational,
-                                  ArgmaxDequantizer])
+                                  ArgmaxDequantizer, argmax_with_margin])
 def test_round_trip_is_exact(make, generator):
     deq = make()
     h, pos, batch = discrete_features([3, 5, 4], generator)
@@ -97,6 +101,30 @@ def test_argmax_dequantizer_is_a_fixed_untrained_posterior(generator):
     for a, b in zip(fixed(h, pos, batch, noise=noise),
                     untrained(h, pos, batch, noise=noise)):
         torch.testing.assert_close(a, b)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize('make', [ArgmaxDequantizer, variational])
+def test_margin_separates_the_classes_and_keeps_log_q(make, generator):
+    h, pos, batch = discrete_features([4, 6], generator)
+    noise = torch.randn(h.shape, generator=generator, dtype=h.dtype)
+    torch.manual_seed(0)
+    plain = make().double()
+    torch.manual_seed(0)
+    shifted = make(margin=2.0).double()
+    v_plain, log_q_plain = plain(h, pos, batch, noise=noise)
+    v, log_q = shifted(h, pos, batch, noise=noise)
+    torch.testing.assert_close(log_q, log_q_plain)
+    one_hot = h[:, :5].bool()
+    winner = v[:, :5][one_hot]
+    losers = v[:, :5][~one_hot].view(-1, 4)
+    assert bool((losers <= winner[:, None] - 2.0).all())
+    torch.testing.assert_close(v[:, :5][~one_hot],
+                               v_plain[:, :5][~one_hot] - 2.0)
+    torch.testing.assert_close(winner, v_plain[:, :5][one_hot])
+    torch.testing.assert_close(v[:, 5:], v_plain[:, 5:])
+    with pytest.raises(ValueError, match="'margin' must be"):
+        make(margin=-1.0)
 
 
 def test_variational_log_q_integrates_to_one():

@@ -205,13 +205,15 @@ def build_objective(args: argparse.Namespace) -> Objective:
 def run_config(args: argparse.Namespace) -> Dict[str, Any]:
     r"""The options that define a run (stored in its checkpoint). The
     distance options are left out of a network without distance features,
-    where the cutoff has no effect, so that runs from before these options
-    existed still resume."""
+    where the cutoff has no effect, and a class margin of zero, so that
+    runs from before these options existed still resume."""
     config = {key: value for key, value in sorted(vars(args).items())
               if key not in RESUMABLE_OPTIONS}
     if not config.get('num_radial'):
         for name in RADIAL_OPTIONS:
             config.pop(name, None)
+    if not config.get('class_margin'):
+        config.pop('class_margin', None)
     return config
 
 

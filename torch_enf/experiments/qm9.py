@@ -51,6 +51,11 @@ def build_parser(positional: bool) -> argparse.ArgumentParser:
                        default=None, help="default: 'argmax' with fm (flow "
                        "matching cannot train a variational dequantiser), "
                        "'variational' with ml")
+        p.add_argument('--class-margin', type=float, default=0.0,
+                       help='gap between the true atom type and the others '
+                       'in the dequantised one-hot block (argmax and '
+                       'variational dequantisers; default: none, as in the '
+                       'paper)')
         p.add_argument('--actnorm', action='store_true')
         p.add_argument('--novelty', action='store_true',
                        help='also compute novelty (RDKit on the whole '
@@ -75,6 +80,12 @@ def parse_args(argv: Optional[Sequence[str]] = None,
             raise ValueError(f'--objective fm cannot train the '
                              f'{args.dequantizer} dequantiser; use '
                              f'--dequantizer argmax or uniform')
+        if not args.class_margin >= 0:
+            raise ValueError(f'--class-margin must be non-negative (got '
+                             f'{args.class_margin})')
+        if args.class_margin > 0 and args.dequantizer == 'uniform':
+            raise ValueError('--class-margin needs --dequantizer argmax or '
+                             'variational (uniform noise fills its cell)')
         _check_rdkit()
     return args
 
@@ -99,7 +110,11 @@ def build_model(args: argparse.Namespace,
                        **radial_options(args))
     if args.positional:
         return ENFlow(3, 0, **flow_kwargs)
-    return MoleculeFlow(node_count, dequantizer=args.dequantizer,
+    margin = getattr(args, 'class_margin', 0.0)  # older runs: none
+    dequantizer = DEQUANTIZERS.create(
+        args.dequantizer, num_classes=len(QM9.atom_types), num_integer=1,
+        **(dict(margin=margin) if margin else {}))
+    return MoleculeFlow(node_count, dequantizer=dequantizer,
                         actnorm=args.actnorm, **flow_kwargs)
 
 
