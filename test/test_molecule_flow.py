@@ -102,6 +102,23 @@ def test_sample_gives_valid_molecules():
     assert samples.pos.shape == (len(samples.z), 3)
 
 
+def test_to_molecules_inverts_flow_inputs(generator):
+    model = make_model(actnorm=True).eval()
+    data = Batch.from_data_list([molecule(m, generator) for m in SIZES])
+    model.initialize(data)
+    inputs = model.flow_inputs(data)
+    assert not torch.equal(inputs.h, data.h.double())  # dequantised
+    molecules = model.to_molecules(inputs.pos, inputs.h, SIZES)
+    assert torch.equal(molecules.ptr, data.ptr)
+    torch.testing.assert_close(molecules.h, data.h.double())
+    assert torch.equal(molecules.z, data.z)
+    # float32 data, centred again in float64
+    torch.testing.assert_close(molecules.pos, data.pos.double(), rtol=0,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="'sizes' add up to 11 atoms"):
+        model.to_molecules(inputs.pos, inputs.h, [3, 4, 4])
+
+
 def test_sample_temperature_reaches_the_flow():
     model = make_model().eval()
     default = model.sample(4, torch.Generator().manual_seed(2))

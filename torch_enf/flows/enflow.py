@@ -304,26 +304,36 @@ class ENFlow(torch.nn.Module):
         return out
 
     def encode(self, data: Union[Data, Batch], trace: Optional[str] = None,
-               regularize: bool = False) -> FlowResult:
+               regularize: bool = False, end_time: float = 1.0
+               ) -> FlowResult:
         r"""Maps data to latents (:math:`t: 0 \to 1`) and accumulates
         :math:`\log |\det \partial \mathbf{z} / \partial \mathbf{x}|` per
-        graph (see :class:`FlowResult`)."""
+        graph (see :class:`FlowResult`). With :obj:`end_time`
+        :math:`s < 1` the solve stops at :math:`t = s` (a fixed-step solver
+        takes its :obj:`num_steps` on :math:`[0, s]`)."""
+        end_time = _check_time(end_time, 'end_time')
         inputs = self.flow_inputs(data)
         trace = self._resolve_trace(trace)
         return self._solve(inputs.pos, inputs.h, inputs.batch,
-                           inputs.num_graphs, 0.0, 1.0, trace, regularize)
+                           inputs.num_graphs, 0.0, end_time, trace,
+                           regularize)
 
     def decode(self, pos: Tensor, h: Optional[Tensor] = None,
-               batch: Optional[Tensor] = None, trace: Optional[str] = None
-               ) -> FlowResult:
+               batch: Optional[Tensor] = None, trace: Optional[str] = None,
+               start_time: float = 1.0) -> FlowResult:
         r"""Maps latents back to data (:math:`t: 1 \to 0`). With a
         :obj:`trace`, :obj:`log_det` holds
-        :math:`\log |\det \partial \mathbf{x} / \partial \mathbf{z}|`."""
+        :math:`\log |\det \partial \mathbf{x} / \partial \mathbf{z}|`.
+        With :obj:`start_time` :math:`s < 1`, :obj:`(pos, h)` is a state
+        of the flow at :math:`t = s` (*e.g.* data noised along the paths of
+        :class:`~torch_enf.objectives.FlowMatching`), carried to
+        :math:`t = 0`."""
+        start_time = _check_time(start_time, 'start_time')
         pos, h, batch, num_graphs = self._check(pos, h, batch)
         if trace is not None:
             trace = self._resolve_trace(trace)
         return self._solve(center_pos_exact(pos, batch, num_graphs), h,
-                           batch, num_graphs, 1.0, 0.0, trace, False)
+                           batch, num_graphs, start_time, 0.0, trace, False)
 
     def flow_inputs(self, data: Union[Data, Batch]) -> FlowInputs:
         r"""The checked, centred positions and the features of
@@ -572,6 +582,15 @@ class ENFlow(torch.nn.Module):
         return (f'{self.__class__.__name__}(n_dims={self.n_dims}, '
                 f'node_channels={self.node_channels}, graph={self.graph}, '
                 f'solver={self.eval_options.method}, adjoint={self.adjoint})')
+
+
+def _check_time(time: float, name: str) -> float:
+    r"""A time in :math:`(0, 1]` where a solve starts or ends."""
+    check_positive_number(time, name)
+    if time > 1:
+        raise ValueError(f"'{name}' must lie in (0, 1], the time span of "
+                         f"the flow (got {time!r})")
+    return float(time)
 
 
 def _is_integer_scalar(value: Any) -> bool:

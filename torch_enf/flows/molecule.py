@@ -227,12 +227,34 @@ class MoleculeFlow(torch.nn.Module):
         latent = self.flow.sample(sizes.to(device), generator=generator,
                                   batch_size=batch_size, progress=progress,
                                   temperature=temperature)
-        pos, h_flow = latent.pos, latent.h
+        return self.to_molecules(latent.pos, latent.h, sizes)
+
+    @torch.no_grad()
+    def to_molecules(self, pos: Tensor, h_flow: Tensor,
+                     sizes: Union[Tensor, Sequence[int]]) -> Batch:
+        r"""Molecules from states of the inner flow at :math:`t = 0`
+        (the inverse of :meth:`flow_inputs` up to the dequantisation
+        noise): the ActNorm and the feature scaling are undone and the
+        features quantised by the dequantiser's inverse.
+
+        Args:
+            pos (torch.Tensor): Positions :obj:`[N, n]`.
+            h_flow (torch.Tensor): Continuous features :obj:`[N, F]`.
+            sizes (torch.Tensor or list): The number of atoms of each
+                molecule, in order.
+
+        Returns:
+            torch_geometric.data.Batch: Molecules with :obj:`pos`, discrete
+            :obj:`h` and :obj:`z`, as :meth:`sample` returns them.
+        """
         if self.actnorm is not None:
             pos, h_flow = self.actnorm.inverse(pos, h_flow)
         h = self.dequantizer.inverse(h_flow * self.feature_scale)
         z = self.atomic_numbers[h[:, :len(self.atomic_numbers)].argmax(-1)]
-        split = sizes.tolist()
+        split = torch.as_tensor(sizes).tolist()
+        if sum(split) != pos.size(0):
+            raise ValueError(f"'sizes' add up to {sum(split)} atoms, but "
+                             f"'pos' holds {pos.size(0)}")
         return Batch.from_data_list([
             Data(pos=p, h=f, z=a)
             for p, f, a in zip(pos.split(split), h.split(split),
