@@ -187,6 +187,18 @@ def test_logprob_of_positions_is_exact(particle_run, tmp_path):
     torch.testing.assert_close(values, expected.float(), atol=1e-4, rtol=0)
 
 
+def test_logprob_shows_progress_unless_told_not_to(particle_run, tmp_path,
+                                                   capsys):
+    np.save(tmp_path / 'conf.npy', np.random.default_rng(0)
+            .standard_normal((6, 4, 2)).astype(np.float32))
+    assert run_cli('logprob', particle_run, tmp_path / 'conf.npy',
+                   '--batch-size', 4) == 0
+    assert '6/6' in capsys.readouterr().err
+    assert run_cli('logprob', particle_run, tmp_path / 'conf.npy',
+                   '--batch-size', 4, '--no-progress') == 0
+    assert 'log-likelihood' not in capsys.readouterr().err
+
+
 def test_logprob_skips_unknown_elements_with_a_count(molecule_run, tmp_path,
                                                      capsys):
     path = tmp_path / 'mixed.xyz'
