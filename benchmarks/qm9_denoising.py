@@ -65,8 +65,8 @@ def denoising_row(model, inputs, base, data: Batch, t: float,
     else:
         num_steps, pos_0, h_0 = 0, pos_t, h_t
     molecules = model.to_molecules(pos_0, h_0, sizes)
-    noised = Batch(pos=model.to_molecules(pos_t, h_t, sizes).pos, z=data.z,
-                   batch=data.batch, ptr=data.ptr)
+    noised = model.to_molecules(pos_t, h_t, sizes)
+    noised.z = data.z  # the noised positions with their true types
     carried, raw = stability(molecules), stability(noised)
     return dict(t=t, num_steps=num_steps,
                 atom_stability=carried['atom_stability'],
