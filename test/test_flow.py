@@ -7,7 +7,8 @@ from torch_geometric.data import Batch, Data
 
 from torch_enf.flows import (ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS,
                              CenteredGaussian, EGNNDynamics, ENFlow,
-                             ODESolveError)
+                             EvaluationBudgetExceeded, ODESolveError,
+                             SolverOptions)
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import center_pos
 
@@ -322,6 +323,22 @@ def test_step_budget_turns_a_stiff_solve_into_an_error():
     flow = make_flow(2, max_num_steps=3, eval_rtol=1e-12, eval_atol=1e-12)
     with pytest.raises(ODESolveError, match='max_num_steps'):
         flow.log_prob(Data(pos=torch.randn(4, 2, dtype=torch.float64)))
+
+
+def test_evaluation_budget_stops_a_solve_with_its_own_error():
+    flow = make_flow(2)
+    data = Data(pos=torch.randn(4, 2, dtype=torch.float64))
+    flow.log_prob(data)
+    needed = flow.num_evals
+    with flow.ode_options(max_num_evals=needed):
+        flow.log_prob(data)
+    with flow.ode_options(max_num_evals=needed - 1), \
+            pytest.raises(EvaluationBudgetExceeded,
+                          match=f'budget of {needed - 1} evaluations'):
+        flow.log_prob(data)
+    assert flow.eval_options.max_num_evals is None  # restored
+    with pytest.raises(ValueError, match='max_num_evals'):
+        SolverOptions(max_num_evals=0)
 
 
 def test_adjoint_seminorm_gives_the_same_gradients(generator):

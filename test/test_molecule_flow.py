@@ -131,6 +131,16 @@ def test_sample_temperature_reaches_the_flow():
         model.sample(4, temperature=0.0)
 
 
+def test_dequantizer_by_name_with_arguments():
+    model = MoleculeFlow(NodeCountDistribution.from_num_nodes([3]),
+                         dequantizer='argmax',
+                         dequantizer_kwargs=dict(margin=2.0),
+                         hidden_channels=8, num_layers=1)
+    assert type(model.dequantizer).__name__ == 'ArgmaxDequantizer'
+    assert model.dequantizer.margin == 2.0
+    assert model.dequantizer.num_classes == 5
+
+
 def test_bad_inputs(generator):
     model = make_model()
     data = molecule(4, generator)
@@ -146,6 +156,14 @@ def test_bad_inputs(generator):
     with pytest.raises(ValueError, match='dequantizer'):
         MoleculeFlow(NodeCountDistribution.from_num_nodes([3]),
                      dequantizer='gumbel')
+    with pytest.raises(ValueError, match="needs the dequantizer by name"):
+        MoleculeFlow(NodeCountDistribution.from_num_nodes([3]),
+                     dequantizer=UniformDequantizer(5),
+                     dequantizer_kwargs=dict(margin=1.0))
+    with pytest.raises(TypeError, match='margin'):  # uniform has none
+        MoleculeFlow(NodeCountDistribution.from_num_nodes([3]),
+                     dequantizer='uniform',
+                     dequantizer_kwargs=dict(margin=1.0))
     with pytest.raises(ValueError, match='node_channels'):
         MoleculeFlow(NodeCountDistribution.from_num_nodes([3]),
                      ENFlow(3, 2, hidden_channels=8, num_layers=1))

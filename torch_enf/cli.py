@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
-from tqdm.auto import tqdm
 
 EXPERIMENTS = ('dw4', 'lj13', 'qm9-positional', 'qm9')
 MOLECULE_SUFFIXES = ('.sdf', '.xyz')
@@ -169,16 +168,12 @@ def _logprob(args: argparse.Namespace) -> None:
               f'structures: ' + '; '.join(skipped[:10]), file=sys.stderr)
     if not structures:
         raise ValueError(f'{args.file}: no structure the model can score')
-    values = []
+    from torch_enf.training import log_prob_of_graphs
     torch.manual_seed(args.seed)
-    bar = tqdm(total=len(structures), desc='log-likelihood', unit='structure',
-               disable=args.no_progress)
-    with _solver(model, args, sampling=False), torch.no_grad(), bar:
-        for start in range(0, len(structures), args.batch_size):
-            batch = Batch.from_data_list(
-                structures[start:start + args.batch_size]).to(args.device)
-            values.extend(model.log_prob(batch, trace=args.trace).tolist())
-            bar.update(batch.num_graphs)
+    with _solver(model, args, sampling=False):
+        values = log_prob_of_graphs(model, structures, args.batch_size,
+                                    args.trace,
+                                    progress=not args.no_progress).tolist()
     output = args.output or osp.splitext(args.file)[0] + '.logprob.csv'
     with open(output, 'w', newline='') as f:
         writer = csv.writer(f)

@@ -3,22 +3,26 @@ r"""The training driver of the flows: :func:`fit` runs any
 validation metric, an exponential moving average of the weights, atomic and
 resumable checkpoints, a time budget, adaptive gradient clipping, data
 parallelism under :obj:`torchrun`, progress bars and learning curves."""
+import contextlib
 import copy
 import json
 import math
 import os
 import os.path as osp
+import statistics
 import time
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, List, NamedTuple, Optional,
-                    Union)
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple,
+                    Optional, Sequence, Union)
 
 import torch
 from torch import Tensor
+from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
 from torch_enf.distributed import (DistributedContext, barrier,
                                    mean_over_processes, wrap_model)
+from torch_enf.flows.integrator import ODESolveError
 from torch_enf.io import atomic_path, remove_temporaries
 from torch_enf.utils import check_positive_integer, check_positive_number
 
@@ -73,21 +77,113 @@ def evaluate_nll(flow: torch.nn.Module, loader: Iterable,
     :obj:`loader`, with the flow in evaluation mode (its evaluation
     tolerances), its standard error and the mean number of vector-field
     evaluations per solve."""
-    was_training = flow.training
-    flow.eval()
     device = next(flow.parameters()).device
     ode_flow = getattr(flow, 'flow', flow)  # the ENFlow of a MoleculeFlow
     values, evals = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        values.append(-flow.log_prob(batch.to(device),
-                                     trace=trace).double().cpu())
-        evals.append(ode_flow.num_evals)
-    flow.train(was_training)
+    with _evaluating(flow):
+        for batch in tqdm(loader, desc=desc, leave=False,
+                          disable=not progress):
+            values.append(-flow.log_prob(batch.to(device),
+                                         trace=trace).double().cpu())
+            evals.append(ode_flow.num_evals)
     values = torch.cat(values)
     stderr = float(values.std() / values.numel() ** 0.5) \
         if values.numel() > 1 else float('nan')
     return NLLEstimate(float(values.mean()), stderr, values.numel(),
                        sum(evals) / len(evals), values)
+
+
+@torch.no_grad()
+def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
+                       batch_size: int = 100, trace: str = 'exact',
+                       budget_factor: float = 3.0,
+                       first_budget: int = 1000,
+                       progress: bool = False) -> Tensor:
+    r"""The log-density of every graph of a list, in batches, with stiff
+    graphs solved apart from the rest.
+
+    An adaptive solver takes one step size for a whole batch, so a single
+    stiff graph (*e.g.* a molecule drawn with a coarse fixed-step sampler,
+    whose exact inverse solve needs thousands of evaluations) would set the
+    cost of its whole batch. Here every batch gets a budget of
+    :obj:`budget_factor` times the median number of evaluations of the
+    batches solved so far (:obj:`first_budget` before the first); a batch
+    that runs out of it (or whose solve fails) is split in halves, which are
+    solved again, down to single graphs, which get no budget.
+
+    The graphs are batched in their order, so a list that no batch had to
+    be split for gives exactly the values of :meth:`log_prob` on the same
+    batches. Otherwise the values of a graph differ only through the
+    adaptive steps (at the solver's tolerance) and the random draws
+    (Hutchinson probes, dequantisation) that its batch took.
+
+    Args:
+        model (torch.nn.Module): An :class:`~torch_enf.flows.ENFlow` or
+            :class:`~torch_enf.flows.MoleculeFlow`, evaluated with its
+            evaluation tolerances.
+        graphs (list of torch_geometric.data.Data): The graphs.
+        batch_size (int, optional): Graphs per batch. (default: :obj:`100`)
+        trace (str, optional): :obj:`"exact"` or :obj:`"hutchinson"`.
+            (default: :obj:`"exact"`)
+        budget_factor (float, optional): The budget of a batch in medians
+            of the solved batches' evaluations. (default: :obj:`3.0`)
+        first_budget (int, optional): The budget before any batch has
+            been solved. (default: :obj:`1000`)
+        progress (bool, optional): Show a progress bar over the graphs.
+
+    Returns:
+        torch.Tensor: :obj:`[len(graphs)]` (float64, on the CPU), in the
+        order of :obj:`graphs`.
+
+    Raises:
+        ODESolveError: If the solve of a single graph fails; the message
+            names the graph's index.
+    """
+    check_positive_integer(batch_size, 'batch_size')
+    check_positive_number(budget_factor, 'budget_factor')
+    check_positive_integer(first_budget, 'first_budget')
+    if len(graphs) == 0:
+        raise ValueError("'graphs' is empty")
+    device = next(model.parameters()).device
+    ode_flow = getattr(model, 'flow', model)  # the ENFlow of a MoleculeFlow
+    pending = [list(range(start, min(start + batch_size, len(graphs))))
+               for start in range(0, len(graphs), batch_size)][::-1]
+    values = torch.empty(len(graphs), dtype=torch.float64)
+    solved_evals: List[int] = []
+    with tqdm(total=len(graphs), desc='log-likelihood', unit='graph',
+              disable=not progress) as bar, _evaluating(model):
+        while pending:
+            indices = pending.pop()
+            budget = None
+            if len(indices) > 1:
+                budget = first_budget if not solved_evals else max(1, int(
+                    budget_factor * statistics.median(solved_evals)))
+            batch = Batch.from_data_list([graphs[i] for i in indices])
+            try:
+                with ode_flow.ode_options(max_num_evals=budget):
+                    log_prob = model.log_prob(batch.to(device), trace=trace)
+            except ODESolveError as error:  # the budget, or a failure
+                if len(indices) == 1:
+                    raise ODESolveError(f'graph {indices[0]}: {error}') \
+                        from error
+                half = len(indices) // 2
+                pending.extend([indices[half:], indices[:half]])
+                continue
+            values[indices] = log_prob.double().cpu()
+            solved_evals.append(ode_flow.num_evals)
+            bar.update(len(indices))
+    return values
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    r"""Evaluation mode for a :obj:`with` block, restoring the mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def clip_gradients(parameters: Iterable[torch.Tensor],

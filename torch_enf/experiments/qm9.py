@@ -111,11 +111,9 @@ def build_model(args: argparse.Namespace,
     if args.positional:
         return ENFlow(3, 0, **flow_kwargs)
     margin = getattr(args, 'class_margin', 0.0)  # older runs: none
-    dequantizer = DEQUANTIZERS.create(
-        args.dequantizer, num_classes=len(QM9.atom_types), num_integer=1,
-        **(dict(margin=margin) if margin else {}))
-    return MoleculeFlow(node_count, dequantizer=dequantizer,
-                        actnorm=args.actnorm, **flow_kwargs)
+    return MoleculeFlow(node_count, dequantizer=args.dequantizer,
+                        dequantizer_kwargs=dict(margin=margin) if margin
+                        else None, actnorm=args.actnorm, **flow_kwargs)
 
 
 def run(args: argparse.Namespace) -> Optional[Dict[str, Any]]:

@@ -2,7 +2,8 @@ r"""E(n)-equivariant continuous normalizing flows."""
 from .distributions import CenteredGaussian, NodeGaussian
 from .divergence import exact_divergence, hutchinson_divergence
 from .dynamics import EGNNDynamics
-from .integrator import (ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS, ODESolveError,
+from .integrator import (ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS,
+                         EvaluationBudgetExceeded, ODESolveError,
                          SolverOptions)
 from .vector_field import VectorField
 from .enflow import ENFlow, FlowInputs, FlowResult
@@ -25,6 +26,7 @@ __all__ = [
     'NodeGaussian',
     'FlowResult',
     'ODESolveError',
+    'EvaluationBudgetExceeded',
     'exact_divergence',
     'hutchinson_divergence',
     'NodeCountDistribution',

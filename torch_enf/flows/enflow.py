@@ -243,7 +243,8 @@ class ENFlow(torch.nn.Module):
         Args:
             **changes: Fields of :class:`SolverOptions` (:obj:`method`,
                 :obj:`rtol`, :obj:`atol`, :obj:`num_steps`,
-                :obj:`max_num_steps`), checked before the block runs.
+                :obj:`max_num_steps`, :obj:`max_num_evals`), checked before
+                the block runs.
         """
         saved = self.train_options, self.eval_options
         updated = tuple(options.update(**changes) for options in saved)

@@ -45,6 +45,13 @@ class ODESolveError(RuntimeError):
     out."""
 
 
+class EvaluationBudgetExceeded(ODESolveError):
+    r"""Raised when a solve needs more evaluations of the vector field than
+    :obj:`SolverOptions.max_num_evals` allows. Unlike the other solve errors
+    it says nothing about the field: the caller chose to stop early, *e.g.*
+    to solve a stiff graph apart from the rest of its batch."""
+
+
 @dataclass(frozen=True)
 class SolverOptions:
     r"""How one ODE solve is run; checked when built.
@@ -59,12 +66,17 @@ class SolverOptions:
         num_steps (int, optional): Equal steps over :math:`[0, 1]` of a
             fixed-step solver; required for them, unused by adaptive ones.
         max_num_steps (int): Step budget of adaptive solvers.
+        max_num_evals (int, optional): Budget of vector-field evaluations of
+            one solve, for any solver; beyond it
+            :class:`EvaluationBudgetExceeded` is raised. (default:
+            :obj:`None`: no budget)
     """
     method: str = 'dopri5'
     rtol: float = 1e-5
     atol: float = 1e-5
     num_steps: Optional[int] = None
     max_num_steps: int = 10000
+    max_num_evals: Optional[int] = None
 
     def __post_init__(self):
         known = ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS
@@ -74,6 +86,8 @@ class SolverOptions:
         check_positive_number(self.rtol, 'rtol')
         check_positive_number(self.atol, 'atol')
         check_positive_integer(self.max_num_steps, 'max_num_steps')
+        if self.max_num_evals is not None:
+            check_positive_integer(self.max_num_evals, 'max_num_evals')
         if self.adaptive:
             return
         if self.num_steps is None:
@@ -151,12 +165,18 @@ class AugmentedODE:
             batch, num_graphs, sum(x.size(-1) for x in nodes), nodes[0]) \
             if trace == 'exact' else None
         self.num_evals = 0
+        self.max_num_evals: Optional[int] = None
         self.interval = 1.0
         self.recent_times: Deque[float] = collections.deque(
             maxlen=STEP_WINDOW)
 
     def __call__(self, t: Tensor, state: Tuple[Tensor, ...]
                  ) -> Tuple[Tensor, ...]:
+        if self.max_num_evals is not None and \
+                self.num_evals >= self.max_num_evals:
+            raise EvaluationBudgetExceeded(
+                f'The ODE solve used up its budget of {self.max_num_evals} '
+                f'evaluations of the vector field')
         self.num_evals += 1
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
@@ -252,6 +272,7 @@ def integrate(func: AugmentedODE, state: Sequence[Tensor], t0: float,
     times = torch.tensor([t0, t1], dtype=state[0].dtype,
                          device=state[0].device)
     func.interval = abs(t1 - t0)
+    func.max_num_evals = options.max_num_evals
     kwargs = options.odeint_kwargs()
     try:
         if adjoint_params is not None and torch.is_grad_enabled():

@@ -1,5 +1,6 @@
 r"""The E-NF molecule model: atom count, atom types, charges and positions."""
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Any, Dict, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 from torch import Tensor
@@ -65,8 +66,13 @@ class MoleculeFlow(torch.nn.Module):
             :obj:`node_channels` must equal the feature width. (default: an
             :class:`ENFlow` of :obj:`flow_kwargs`)
         dequantizer (str or Dequantizer, optional): A name from
-            :obj:`DEQUANTIZERS` (:obj:`"uniform"`, :obj:`"variational"`) or a
-            :class:`Dequantizer`. (default: :obj:`"variational"`)
+            :obj:`DEQUANTIZERS` (:obj:`"uniform"`, :obj:`"argmax"`,
+            :obj:`"variational"`) or a :class:`Dequantizer`. (default:
+            :obj:`"variational"`)
+        dequantizer_kwargs (dict, optional): Further arguments of the
+            dequantiser named by :obj:`dequantizer`, *e.g.*
+            :obj:`dict(margin=2.0)`; its classes and the charge column
+            follow from :obj:`atomic_numbers`. (default: :obj:`None`)
         atomic_numbers (sequence of int, optional): The atomic number of each
             one-hot class. (default: H, C, N, O, F = :obj:`(1, 6, 7, 8, 9)`)
         feature_scale (sequence of float, optional): :math:`\mathbf{a}`.
@@ -85,6 +91,7 @@ class MoleculeFlow(torch.nn.Module):
         node_count: NodeCountDistribution,
         flow: Optional[ENFlow] = None,
         dequantizer: Union[str, Dequantizer] = 'variational',
+        dequantizer_kwargs: Optional[Dict[str, Any]] = None,
         atomic_numbers: Sequence[int] = QM9_ATOMIC_NUMBERS,
         feature_scale: Optional[Sequence[float]] = None,
         actnorm: bool = False,
@@ -99,7 +106,11 @@ class MoleculeFlow(torch.nn.Module):
         if isinstance(dequantizer, str):
             dequantizer = DEQUANTIZERS.create(dequantizer,
                                               num_classes=num_classes,
-                                              num_integer=1)
+                                              num_integer=1,
+                                              **(dequantizer_kwargs or {}))
+        elif dequantizer_kwargs:
+            raise ValueError("'dequantizer_kwargs' needs the dequantizer by "
+                             "name, not an instance")
         if getattr(dequantizer, 'num_classes', None) != num_classes:
             raise ValueError(f"The dequantizer must have {num_classes} "
                              f"classes, one per atomic number")
