@@ -199,6 +199,21 @@ def test_logprob_shows_progress_unless_told_not_to(particle_run, tmp_path,
     assert 'log-likelihood' not in capsys.readouterr().err
 
 
+def test_logprob_reports_structures_whose_solve_fails(particle_run,
+                                                      tmp_path, capsys):
+    np.save(tmp_path / 'conf.npy', np.random.default_rng(0)
+            .standard_normal((3, 4, 2)).astype(np.float32))
+    # A tolerance no float32 solve can meet: every step size collapses.
+    assert run_cli('logprob', particle_run, tmp_path / 'conf.npy',
+                   '--tol', 1e-30, '--no-progress',
+                   '-o', tmp_path / 'scores.csv') == 0
+    captured = capsys.readouterr()
+    assert 'could not score 3 of 3 structures' in captured.err
+    with open(tmp_path / 'scores.csv') as f:
+        assert [r['log_prob'] for r in csv.DictReader(f)] == ['nan'] * 3
+    assert 'mean log-likelihood nan over 0 structures' in captured.out
+
+
 def test_logprob_skips_unknown_elements_with_a_count(molecule_run, tmp_path,
                                                      capsys):
     path = tmp_path / 'mixed.xyz'

@@ -287,3 +287,6 @@ def test_log_prob_of_graphs_names_the_graph_whose_solve_fails():
     graphs = decay_graphs([3, 5, 4])
     with pytest.raises(ODESolveError, match='graph 1: .*max_num_steps'):
         log_prob_of_graphs(flow, graphs, batch_size=3)
+    values = log_prob_of_graphs(flow, graphs, batch_size=3,
+                                skip_failures=True)
+    assert torch.isnan(values).tolist() == [False, True, False]

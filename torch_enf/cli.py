@@ -15,6 +15,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import math
 import os
 import os.path as osp
 import sys
@@ -73,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser('logprob',
                             help='log-likelihood of structures in a file')
-    _model_arguments(p)
+    # Small batches: an adaptive solve takes the steps of its hardest
+    # structure, which costs more than the larger batches save.
+    _model_arguments(p, batch_size=10)
     p.add_argument('file', help='.xyz or .sdf (molecules) or .npy '
                    '(particle configurations [S, M, n])')
     p.add_argument('--trace', choices=['exact', 'hutchinson'],
@@ -102,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_arguments(p: argparse.ArgumentParser) -> None:
+def _model_arguments(p: argparse.ArgumentParser,
+                     batch_size: int = 100) -> None:
     p.add_argument('model', help='a shipped model (torch-enf models), a '
                    'model file, a training checkpoint or a run folder')
     p.add_argument('--solver', default=None,
@@ -112,7 +116,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                    help='steps of a fixed-step solver')
     p.add_argument('--tol', type=float, default=None,
                    help='rtol = atol of an adaptive solver')
-    p.add_argument('--batch-size', type=int, default=100)
+    p.add_argument('--batch-size', type=int, default=batch_size,
+                   help=f'structures per ODE solve (default: {batch_size})')
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=None)
     p.add_argument('--no-progress', action='store_true')
@@ -172,8 +177,14 @@ def _logprob(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     with _solver(model, args, sampling=False):
         values = log_prob_of_graphs(model, structures, args.batch_size,
-                                    args.trace,
+                                    args.trace, skip_failures=True,
                                     progress=not args.no_progress).tolist()
+    failed = [name for name, value in zip(names, values)
+              if math.isnan(value)]
+    if failed:
+        print(f'could not score {len(failed)} of {len(values)} structures '
+              f'(their ODE solve failed; a looser --tol may help), written '
+              f'as nan: ' + ', '.join(failed[:10]), file=sys.stderr)
     output = args.output or osp.splitext(args.file)[0] + '.logprob.csv'
     with open(output, 'w', newline='') as f:
         writer = csv.writer(f)
@@ -181,8 +192,10 @@ def _logprob(args: argparse.Namespace) -> None:
         for name, data, value in zip(names, structures, values):
             writer.writerow([name, data.num_nodes, f'{value:.6f}'])
             print(f'{name}\t{value:.4f}')
-    print(f'mean log-likelihood {np.mean(values):.4f} over {len(values)} '
-          f'structures -> {output}')
+    scored = [value for value in values if not math.isnan(value)]
+    mean = f'{np.mean(scored):.4f}' if scored else 'nan'
+    print(f'mean log-likelihood {mean} over {len(scored)} structures -> '
+          f'{output}')
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -98,6 +98,7 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
                        batch_size: int = 100, trace: str = 'exact',
                        budget_factor: float = 3.0,
                        first_budget: int = 1000,
+                       skip_failures: bool = False,
                        progress: bool = False) -> Tensor:
     r"""The log-density of every graph of a list, in batches, with stiff
     graphs solved apart from the rest.
@@ -129,6 +130,9 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
             of the solved batches' evaluations. (default: :obj:`3.0`)
         first_budget (int, optional): The budget before any batch has
             been solved. (default: :obj:`1000`)
+        skip_failures (bool, optional): Give graphs whose own solve fails
+            the value NaN, for the caller to report, instead of raising.
+            (default: :obj:`False`)
         progress (bool, optional): Show a progress bar over the graphs.
 
     Returns:
@@ -136,8 +140,8 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
         order of :obj:`graphs`.
 
     Raises:
-        ODESolveError: If the solve of a single graph fails; the message
-            names the graph's index.
+        ODESolveError: If the solve of a single graph fails (unless
+            :obj:`skip_failures`); the message names the graph's index.
     """
     check_positive_integer(batch_size, 'batch_size')
     check_positive_number(budget_factor, 'budget_factor')
@@ -163,6 +167,10 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
                 with ode_flow.ode_options(max_num_evals=budget):
                     log_prob = model.log_prob(batch.to(device), trace=trace)
             except ODESolveError as error:  # the budget, or a failure
+                if len(indices) == 1 and skip_failures:
+                    values[indices] = float('nan')
+                    bar.update(1)
+                    continue
                 if len(indices) == 1:
                     raise ODESolveError(f'graph {indices[0]}: {error}') \
                         from error
