@@ -167,15 +167,15 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
                 with ode_flow.ode_options(max_num_evals=budget):
                     log_prob = model.log_prob(batch.to(device), trace=trace)
             except ODESolveError as error:  # the budget, or a failure
-                if len(indices) == 1 and skip_failures:
-                    values[indices] = float('nan')
-                    bar.update(1)
+                if len(indices) > 1:
+                    half = len(indices) // 2
+                    pending.extend([indices[half:], indices[:half]])
                     continue
-                if len(indices) == 1:
+                if not skip_failures:
                     raise ODESolveError(f'graph {indices[0]}: {error}') \
                         from error
-                half = len(indices) // 2
-                pending.extend([indices[half:], indices[:half]])
+                values[indices] = float('nan')
+                bar.update(1)
                 continue
             values[indices] = log_prob.double().cpu()
             solved_evals.append(ode_flow.num_evals)
