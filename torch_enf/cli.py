@@ -184,7 +184,8 @@ def _logprob(args: argparse.Namespace) -> None:
     if failed:
         print(f'could not score {len(failed)} of {len(values)} structures '
               f'(their ODE solve failed; a looser --tol may help), written '
-              f'as nan: ' + ', '.join(failed[:10]), file=sys.stderr)
+              f'as nan: ' + ', '.join(failed[:10]) +
+              (', ...' if len(failed) > 10 else ''), file=sys.stderr)
     output = args.output or osp.splitext(args.file)[0] + '.logprob.csv'
     with open(output, 'w', newline='') as f:
         writer = csv.writer(f)
