@@ -230,6 +230,20 @@ def test_adjoint_and_direct_gradients_agree(generator):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('adjoint', [False, True])
+def test_num_evals_counts_the_adjoint_backward_pass(adjoint, generator):
+    pos, _, batch = mixed_batch([3, 4], 2, generator)
+    flow = make_flow(2, adjoint=adjoint).train()
+    loss = -flow.log_prob(as_batch(pos, None, batch, 0),
+                          trace='hutchinson').mean()
+    forward_evals = flow.num_evals
+    assert forward_evals > 0
+    loss.backward()
+    # Back-propagating through the solver evaluates no field; the adjoint
+    # method solves the field backwards in time.
+    assert (flow.num_evals > forward_evals) == adjoint
+
+
 def test_regularization_is_positive_and_trains(generator):
     flow = make_flow(3, 1, rtol=1e-5, atol=1e-5).train()
     pos, h, batch = mixed_batch([3, 4], 3, generator, 1)

@@ -12,7 +12,8 @@ from torch_enf.flows.distributions import CenteredGaussian, NodeGaussian
 from torch_enf.flows.divergence import sample_probe
 from torch_enf.flows.dynamics import EGNNDynamics
 from torch_enf.flows.integrator import (  # noqa: F401 (ODESolveError is
-    AugmentedODE, ODESolveError, SolverOptions, integrate)  # imported here)
+    AugmentedODE, EvaluationCount, ODESolveError,  # imported from here)
+    SolverOptions, integrate)
 from torch_enf.flows.vector_field import VectorField, check_graph
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import (center_pos, center_pos_exact,
@@ -209,7 +210,7 @@ class ENFlow(torch.nn.Module):
         self.hutchinson_noise = hutchinson_noise
         self.pos_prior = CenteredGaussian(n_dims)
         self.h_prior = NodeGaussian(node_channels)
-        self._num_evals = 0
+        self._evaluations = EvaluationCount()
         self._register_load_state_dict_pre_hook(_upgrade_state_dict)
 
     @property
@@ -230,7 +231,7 @@ class ENFlow(torch.nn.Module):
     def num_evals(self) -> int:
         r"""The number of vector-field evaluations of the last solve (the
         backward pass of the adjoint method counts too)."""
-        return self._num_evals
+        return self._evaluations.value
 
     @contextlib.contextmanager
     def ode_options(self, **changes: Any) -> Iterator['ENFlow']:
@@ -476,14 +477,12 @@ class ENFlow(torch.nn.Module):
         zeros = pos.new_zeros(num_graphs)
         state = nodes + [zeros] * (int(trace is not None) + int(regularize))
         options = self.train_options if self.training else self.eval_options
-        try:
-            with inputs_checked():  # checked by _check; no syncs per step
-                final = integrate(
-                    func, state, t0, t1, options,
-                    tuple(self.parameters()) if self.adjoint else None,
-                    self.adjoint_seminorm)
-        finally:
-            self._num_evals = func.num_evals
+        self._evaluations = func.evaluations
+        with inputs_checked():  # checked by _check; no syncs per step
+            final = integrate(
+                func, state, t0, t1, options,
+                tuple(self.parameters()) if self.adjoint else None,
+                self.adjoint_seminorm)
         k = len(nodes)
         # Integrating from t1 < t0 accumulates the trace with the right sign
         # for the inverse map by itself.

@@ -127,6 +127,16 @@ class SolverOptions:
         return kwargs
 
 
+class EvaluationCount:
+    r"""A running count of the vector-field evaluations of one solve. It is
+    shared with whoever reports the count, because the backward pass of the
+    adjoint method evaluates the field after :func:`integrate` returned."""
+    __slots__ = ('value', )
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
 class AugmentedODE:
     r"""The right-hand side of one solve: the node states (positions and
     features) and, as requested, the Jacobian trace (exact or Hutchinson
@@ -164,7 +174,7 @@ class AugmentedODE:
         self.basis = diagonal_basis(
             batch, num_graphs, sum(x.size(-1) for x in nodes), nodes[0]) \
             if trace == 'exact' else None
-        self.num_evals = 0
+        self.evaluations = EvaluationCount()
         self.max_num_evals: Optional[int] = None
         self.interval = 1.0
         self.recent_times: Deque[float] = collections.deque(
@@ -177,7 +187,7 @@ class AugmentedODE:
             raise EvaluationBudgetExceeded(
                 f'The ODE solve used up its budget of {self.max_num_evals} '
                 f'evaluations of the vector field')
-        self.num_evals += 1
+        self.evaluations.value += 1
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             nodes = [_track(x, create_graph)
@@ -189,6 +199,11 @@ class AugmentedODE:
             velocities = [v.detach() for v in velocities]
             extra = [e.detach() for e in extra]
         return tuple(velocities + extra)
+
+    @property
+    def num_evals(self) -> int:
+        r"""The evaluations so far, forward and (adjoint) backward."""
+        return self.evaluations.value
 
     def _watch(self, t: Tensor, nodes: List[Tensor]) -> None:
         r"""Reports a diverging solve within a few steps: a state beyond
