@@ -3,6 +3,7 @@ each sub-command, reading back what it writes, agreement with the Python
 API, and clear errors for bad input."""
 import csv
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -275,6 +276,9 @@ def test_models_lists_shipped_models_and_module_entry_point(capsys):
     out = capsys.readouterr().out
     for name in available_models():
         assert name in out
+        num_samples = model_card(name)['metrics'].get('num_samples')
+        if num_samples is not None:  # counts print in full, not as 1e+04
+            assert re.search(rf'num_samples={num_samples}\b', out)
     result = subprocess.run([sys.executable, '-m', 'torch_enf', 'train',
                              'nope'], capture_output=True, text=True)
     assert result.returncode == 2 and 'usage: torch-enf train' in \
