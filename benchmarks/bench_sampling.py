@@ -12,7 +12,7 @@ otherwise idle machine::
     python benchmarks/bench_sampling.py qm9 --threads 2 --num 1000 \
         --json docs/source/_static/results/sampling_qm9.json
     python benchmarks/bench_sampling.py qm9 --num 1000 --settings \
-        midpoint:10 --temperatures 1 0.9 0.8 0.7 --throughput-num 0
+        midpoint:25 --temperatures 1 0.9 0.8 0.7 --throughput-num 0
 """
 import argparse
 import json
