@@ -20,7 +20,7 @@ import os
 import os.path as osp
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -125,18 +125,13 @@ def _model_arguments(p: argparse.ArgumentParser,
 
 # Commands -------------------------------------------------------------------
 
-def _format_number(value: Union[int, float]) -> str:
-    """Counts in full (``10000``), measurements to four digits."""
-    return str(value) if isinstance(value, int) else f'{value:.4g}'
-
-
 def _models(args: argparse.Namespace) -> None:
+    from torch_enf.experiments.common import format_results
     from torch_enf.pretrained import available_models, model_card
     for name in available_models():
         card = model_card(name)
-        metrics = ', '.join(f'{k}={_format_number(v)}' for k, v in
-                            card.get('metrics', {}).items()
-                            if isinstance(v, (int, float)))
+        card_metrics = card.get('metrics', {})
+        metrics = format_results(card_metrics, card_metrics)
         print(f"{name:16s} {card.get('description', '')}")
         if metrics:
             print(f"{'':16s} {metrics}")

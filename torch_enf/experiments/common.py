@@ -3,7 +3,7 @@ objective they select, and the call of :func:`torch_enf.training.fit`."""
 import argparse
 import os
 import os.path as osp
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 
@@ -272,7 +272,10 @@ def subset(dataset, num: Optional[int], seed: Optional[int] = None):
     return dataset[torch.randperm(len(dataset), generator=generator)[:num]]
 
 
-def format_results(results: Dict[str, Any], keys: List[str]) -> str:
-    r"""One line with the headline numbers of a run."""
-    return ', '.join(f'{key}={results[key]:.4g}' for key in keys
+def format_results(results: Dict[str, Any], keys: Iterable[str]) -> str:
+    r"""One line with the headline numbers of a run: counts in full
+    (``num_samples=10000``), measurements to four digits."""
+    def number(value: Any) -> str:
+        return str(value) if isinstance(value, int) else f'{value:.4g}'
+    return ', '.join(f'{key}={number(results[key])}' for key in keys
                      if isinstance(results.get(key), (int, float)))
