@@ -23,7 +23,7 @@ from torch_geometric.loader import DataLoader
 
 from torch_enf.experiments.particles import SYSTEMS
 from torch_enf.pretrained import load_pretrained, read_model
-from torch_enf.training import evaluate_nll
+from torch_enf.evaluation import evaluate_nll
 
 
 def score_shard(job: Tuple[str, str, int, int, int, float, int]

@@ -33,7 +33,7 @@ from torch_enf.boltzmann import (entropy_bracket, importance_weights,
                                  log_partition_function)
 from torch_enf.experiments.particles import SYSTEMS
 from torch_enf.pretrained import load_pretrained
-from torch_enf.training import atomic_save
+from torch_enf.storage import atomic_save
 
 
 def chunk_path(out: str, index: int) -> str:

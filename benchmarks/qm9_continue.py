@@ -28,7 +28,8 @@ from torch_enf.metrics import molecule_sample_metrics
 from torch_enf.metrics.bonds import valences
 from torch_enf.objectives import FlowMatching
 from torch_enf.pretrained import load_pretrained
-from torch_enf.training import atomic_save, fit
+from torch_enf.storage import atomic_save
+from torch_enf.training import fit
 from torch_enf.utils import scatter_sum
 
 

@@ -27,7 +27,7 @@ from torch_enf.datasets import QM9
 from torch_enf.metrics import stability
 from torch_enf.objectives import FlowMatching
 from torch_enf.pretrained import load_pretrained
-from torch_enf.training import atomic_save
+from torch_enf.storage import atomic_save
 
 TIMES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
 

@@ -10,9 +10,10 @@ import torch
 from torch_geometric.data import Data
 
 from torch_enf.flows import ENFlow, ODESolveError
-from torch_enf.training import (ExponentialMovingAverage, atomic_save,
-                                clip_gradients, fit, load_checkpoint,
-                                log_prob_of_graphs, out_of_time)
+from torch_enf.evaluation import log_prob_of_graphs
+from torch_enf.storage import atomic_save, load_checkpoint
+from torch_enf.training import (ExponentialMovingAverage, clip_gradients,
+                                fit, out_of_time)
 from torch_enf.utils import graph_sizes
 
 

@@ -173,7 +173,7 @@ def _logprob(args: argparse.Namespace) -> None:
               f'structures: ' + '; '.join(skipped[:10]), file=sys.stderr)
     if not structures:
         raise ValueError(f'{args.file}: no structure the model can score')
-    from torch_enf.training import log_prob_of_graphs
+    from torch_enf.evaluation import log_prob_of_graphs
     torch.manual_seed(args.seed)
     with _solver(model, args, sampling=False):
         values = log_prob_of_graphs(model, structures, args.batch_size,

@@ -3,195 +3,28 @@ r"""The training driver of the flows: :func:`fit` runs any
 validation metric, an exponential moving average of the weights, atomic and
 resumable checkpoints, a time budget, adaptive gradient clipping, data
 parallelism under :obj:`torchrun`, progress bars and learning curves."""
-import contextlib
 import copy
-import json
 import math
 import os
 import os.path as osp
-import statistics
 import time
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple,
-                    Optional, Sequence, Union)
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
-from torch import Tensor
-from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
 from torch_enf.distributed import (DistributedContext, barrier,
                                    mean_over_processes, wrap_model)
-from torch_enf.flows.integrator import ODESolveError
-from torch_enf.io import atomic_path, remove_temporaries
+from torch_enf.io import remove_temporaries
+from torch_enf.storage import CHECKPOINT_FORMAT, atomic_save, load_checkpoint
 from torch_enf.utils import check_positive_integer, check_positive_number
-
-CHECKPOINT_FORMAT = 'torch-enf-checkpoint'
-r"""The :obj:`format` entry of the checkpoints that :func:`fit` writes."""
 
 LR_SCHEDULES = ('constant', 'cosine')
 
 CHECKPOINT_EVERY_S = 60.0
 r"""Short epochs are checkpointed when validated, at the end, and otherwise
 at most this often (seconds)."""
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    r"""Saves :obj:`obj` with :func:`torch.save` (or as JSON for paths
-    ending in :obj:`.json`) through :func:`torch_enf.io.atomic_path`:
-    :obj:`path` always holds either the previous or the new complete file,
-    even if the process is killed while writing."""
-    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
-        if path.endswith('.json'):
-            f.write(json.dumps(obj, indent=2).encode())
-        else:
-            torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class NLLEstimate(NamedTuple):
-    r"""The result of :func:`evaluate_nll`.
-
-    Attributes:
-        nll (float): Mean negative log-likelihood per graph (nats).
-        stderr (float): Its standard error over the graphs.
-        num_graphs (int): The number of graphs.
-        num_evals (float): Mean vector-field evaluations per ODE solve
-            (NFE).
-        values (torch.Tensor): The NLL of every graph, :obj:`[num_graphs]`
-            (float64, on the CPU).
-    """
-    nll: float
-    stderr: float
-    num_graphs: int
-    num_evals: float
-    values: Tensor
-
-
-@torch.no_grad()
-def evaluate_nll(flow: torch.nn.Module, loader: Iterable,
-                 trace: str = 'exact', desc: str = 'eval',
-                 progress: bool = True) -> NLLEstimate:
-    r"""The mean negative log-likelihood per graph (nats) of the graphs in
-    :obj:`loader`, with the flow in evaluation mode (its evaluation
-    tolerances), its standard error and the mean number of vector-field
-    evaluations per solve."""
-    device = next(flow.parameters()).device
-    ode_flow = getattr(flow, 'flow', flow)  # the ENFlow of a MoleculeFlow
-    values, evals = [], []
-    with _evaluating(flow):
-        for batch in tqdm(loader, desc=desc, leave=False,
-                          disable=not progress):
-            values.append(-flow.log_prob(batch.to(device),
-                                         trace=trace).double().cpu())
-            evals.append(ode_flow.num_evals)
-    values = torch.cat(values)
-    stderr = float(values.std() / values.numel() ** 0.5) \
-        if values.numel() > 1 else float('nan')
-    return NLLEstimate(float(values.mean()), stderr, values.numel(),
-                       sum(evals) / len(evals), values)
-
-
-@torch.no_grad()
-def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
-                       batch_size: int = 100, trace: str = 'exact',
-                       budget_factor: float = 3.0,
-                       first_budget: int = 1000,
-                       skip_failures: bool = False,
-                       progress: bool = False) -> Tensor:
-    r"""The log-density of every graph of a list, in batches, with stiff
-    graphs solved apart from the rest.
-
-    An adaptive solver takes one step size for a whole batch, so a single
-    stiff graph (*e.g.* a molecule drawn with a coarse fixed-step sampler,
-    whose exact inverse solve needs thousands of evaluations) would set the
-    cost of its whole batch. Here every batch gets a budget of
-    :obj:`budget_factor` times the median number of evaluations of the
-    batches solved so far (:obj:`first_budget` before the first); a batch
-    that runs out of it (or whose solve fails) is split in halves, which are
-    solved again, down to single graphs, which get no budget.
-
-    The graphs are batched in their order, so a list that no batch had to
-    be split for gives exactly the values of :meth:`log_prob` on the same
-    batches. Otherwise the values of a graph differ only through the
-    adaptive steps (at the solver's tolerance) and the random draws
-    (Hutchinson probes, dequantisation) that its batch took.
-
-    Args:
-        model (torch.nn.Module): An :class:`~torch_enf.flows.ENFlow` or
-            :class:`~torch_enf.flows.MoleculeFlow`, evaluated with its
-            evaluation tolerances.
-        graphs (list of torch_geometric.data.Data): The graphs.
-        batch_size (int, optional): Graphs per batch. (default: :obj:`100`)
-        trace (str, optional): :obj:`"exact"` or :obj:`"hutchinson"`.
-            (default: :obj:`"exact"`)
-        budget_factor (float, optional): The budget of a batch in medians
-            of the solved batches' evaluations. (default: :obj:`3.0`)
-        first_budget (int, optional): The budget before any batch has
-            been solved. (default: :obj:`1000`)
-        skip_failures (bool, optional): Give graphs whose own solve fails
-            the value NaN, for the caller to report, instead of raising.
-            (default: :obj:`False`)
-        progress (bool, optional): Show a progress bar over the graphs.
-
-    Returns:
-        torch.Tensor: :obj:`[len(graphs)]` (float64, on the CPU), in the
-        order of :obj:`graphs`.
-
-    Raises:
-        ODESolveError: If the solve of a single graph fails (unless
-            :obj:`skip_failures`); the message names the graph's index.
-    """
-    check_positive_integer(batch_size, 'batch_size')
-    check_positive_number(budget_factor, 'budget_factor')
-    check_positive_integer(first_budget, 'first_budget')
-    if len(graphs) == 0:
-        raise ValueError("'graphs' is empty")
-    device = next(model.parameters()).device
-    ode_flow = getattr(model, 'flow', model)  # the ENFlow of a MoleculeFlow
-    pending = [list(range(start, min(start + batch_size, len(graphs))))
-               for start in range(0, len(graphs), batch_size)][::-1]
-    values = torch.empty(len(graphs), dtype=torch.float64)
-    solved_evals: List[int] = []
-    with tqdm(total=len(graphs), desc='log-likelihood', unit='graph',
-              disable=not progress) as bar, _evaluating(model):
-        while pending:
-            indices = pending.pop()
-            budget = None
-            if len(indices) > 1:
-                budget = first_budget if not solved_evals else max(1, int(
-                    budget_factor * statistics.median(solved_evals)))
-            batch = Batch.from_data_list([graphs[i] for i in indices])
-            try:
-                with ode_flow.ode_options(max_num_evals=budget):
-                    log_prob = model.log_prob(batch.to(device), trace=trace)
-            except ODESolveError as error:  # the budget, or a failure
-                if len(indices) > 1:
-                    half = len(indices) // 2
-                    pending.extend([indices[half:], indices[:half]])
-                    continue
-                if not skip_failures:
-                    raise ODESolveError(f'graph {indices[0]}: {error}') \
-                        from error
-                values[indices] = float('nan')
-                bar.update(1)
-                continue
-            values[indices] = log_prob.double().cpu()
-            solved_evals.append(ode_flow.num_evals)
-            bar.update(len(indices))
-    return values
-
-
-@contextlib.contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
-    r"""Evaluation mode for a :obj:`with` block, restoring the mode after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def clip_gradients(parameters: Iterable[torch.Tensor],
@@ -614,17 +447,6 @@ def _resume(path: str, model: torch.nn.Module,
     if 'cuda' in checkpoint['rng'] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint['rng']['cuda'])
     return FitState(**checkpoint['state'])
-
-
-def load_checkpoint(path: str, map_location: Any = 'cpu') -> Dict[str, Any]:
-    r"""Reads a checkpoint written by :func:`fit`, refusing other files."""
-    checkpoint = torch.load(path, map_location=map_location,
-                            weights_only=False)
-    if not isinstance(checkpoint, dict) or \
-            checkpoint.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a training checkpoint of "
-                         f"torch_enf.training.fit")
-    return checkpoint
 
 
 def plot_learning_curves(history: List[Dict[str, Any]], path: str,

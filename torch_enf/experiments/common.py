@@ -10,7 +10,8 @@ import torch
 from torch_enf.distributed import DistributedContext
 from torch_enf.flows import SolverOptions
 from torch_enf.objectives import OBJECTIVES, Objective, objective_from_name
-from torch_enf.training import FitState, evaluate_nll, fit
+from torch_enf.evaluation import evaluate_nll
+from torch_enf.training import FitState, fit
 
 RESUMABLE_OPTIONS = frozenset({
     'epochs', 'time_budget', 'resume', 'threads', 'device', 'no_progress',

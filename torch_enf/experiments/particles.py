@@ -21,7 +21,8 @@ from torch_enf.experiments.common import (add_training_arguments,
                                           subset, train, validation_nll)
 from torch_enf.flows import ENFlow
 from torch_enf.metrics import compare_samples
-from torch_enf.training import atomic_save, evaluate_nll
+from torch_enf.evaluation import evaluate_nll
+from torch_enf.storage import atomic_save
 from torch_enf.visualization import (plot_reweighted_energies,
                                      plot_sample_comparison)
 

@@ -24,7 +24,8 @@ from torch_enf.experiments.common import (add_training_arguments,
                                           validation_nll)
 from torch_enf.flows import (DEQUANTIZERS, ENFlow, MoleculeFlow,
                              NodeCountDistribution)
-from torch_enf.training import atomic_save, evaluate_nll
+from torch_enf.evaluation import evaluate_nll
+from torch_enf.storage import atomic_save
 
 DISTANCE_RANGE = (0.0, 13.0)  # Angstrom, 100 bins, as in the paper
 QUICK = dict(n_train=512, epochs=5, batch_size=16, lr=1e-3, hidden=32,

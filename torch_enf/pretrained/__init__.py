@@ -24,7 +24,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Union
 import torch
 
 from torch_enf.flows import NodeCountDistribution
-from torch_enf.training import CHECKPOINT_FORMAT, atomic_save
+from torch_enf.storage import CHECKPOINT_FORMAT, atomic_save
 
 MODEL_FORMAT = 'torch-enf-model'
 r"""The :obj:`format` entry of a shipped model file."""
