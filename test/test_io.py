@@ -143,7 +143,8 @@ def test_read_sdf_names_the_bad_record(tmp_path, batch):
     records[1] = '\n'.join(lines) + '\n'
     path.write_text('$$$$\n'.join(records))
     start = len(records[0].splitlines()) + 2
-    with pytest.raises(ValueError, match=rf'record 2 \(line {start}\)'):
+    with pytest.raises(ValueError, match=rf'line {start + 3} \(record 2 '
+                       rf'from line {start}\): expected the counts line'):
         read_sdf(str(path))
     (tmp_path / 'empty.sdf').write_text('')
     with pytest.raises(ValueError, match='holds no molecules'):
