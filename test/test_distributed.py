@@ -15,7 +15,7 @@ from torch_enf.distributed import (DistributedContext, init_distributed,
                                    shard_loader, shutdown)
 from torch_enf.flows import ENFlow, MoleculeFlow, NodeCountDistribution
 from torch_enf.objectives import FlowMatching, MaximumLikelihood
-from torch_enf.training import fit
+from torch_enf.training import FitConfig, fit
 
 WORLD_SIZE = 2
 pytestmark = pytest.mark.skipif(not dist.is_available() or
@@ -81,8 +81,9 @@ def worker(rank: int, port: int, folder: str, case: str) -> None:
         # The shards of one dataset differ, and each rank's dataset differs
         # as well, so only averaged gradients keep the ranks in step.
         loader = shard_loader(dataset(rank, molecules), 2, context)
-        fit(model, objective, loader, os.path.join(folder, 'run'), epochs=1,
-            lr=1e-2, context=context, progress=False, log=lambda line: None)
+        fit(model, objective, loader, os.path.join(folder, 'run'),
+            FitConfig(epochs=1, lr=1e-2), context=context, progress=False,
+            log=lambda line: None)
         torch.save({k: v.detach() for k, v in model.state_dict().items()},
                    os.path.join(folder, f'rank{rank}.pt'))
     finally:

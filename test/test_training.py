@@ -11,9 +11,11 @@ from torch_geometric.data import Data
 
 from torch_enf.flows import ENFlow, ODESolveError
 from torch_enf.evaluation import log_prob_of_graphs
+from torch_enf.objectives import FlowMatching
 from torch_enf.storage import atomic_save, load_checkpoint
-from torch_enf.training import (ExponentialMovingAverage, clip_gradients,
-                                fit, out_of_time)
+from torch_enf.training import (Checkpointer, ExponentialMovingAverage,
+                                FitConfig, FitState, LRSchedule,
+                                clip_gradients, fit, out_of_time)
 from torch_enf.utils import graph_sizes
 
 
@@ -61,8 +63,11 @@ def test_out_of_time():
 class Quadratic:
     r"""A stand-in objective: per-sample loss |w * x - 1|^2 of a linear
     model, whose random batches come from PyTorch's global generator."""
+    def __init__(self, name='quadratic'):
+        self.name = name
+
     def config(self):
-        return dict(name='quadratic')
+        return dict(name=self.name)
 
     def __call__(self, model, batch):
         return (model(batch) - 1).pow(2).sum(-1)
@@ -73,58 +78,86 @@ def data():
     return [torch.randn(4, 3, generator=generator) for _ in range(6)]
 
 
-def run_fit(tmp_path, epochs, **kwargs):
+def run_fit(tmp_path, epochs, lr=1e-2, objective=None, loader=None,
+            **kwargs):
+    r"""Fits a linear model; :obj:`kwargs` are the fields of the
+    :class:`FitConfig` and the keyword arguments of :func:`fit`."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
-    loader = torch.utils.data.DataLoader(data(), batch_size=2, shuffle=True)
+    loader = loader or torch.utils.data.DataLoader(data(), batch_size=2,
+                                                   shuffle=True)
+    fields = {name: kwargs.pop(name) for name in list(kwargs)
+              if name in FitConfig.__dataclass_fields__}
     kwargs.setdefault('validate', lambda m: float(m.weight.detach().abs()
                                                   .sum()))
-    kwargs.setdefault('lr', 1e-2)
     kwargs.setdefault('log', lambda line: None)
-    state = fit(model, Quadratic(), loader, str(tmp_path), epochs=epochs,
-                progress=False, **kwargs)
+    state = fit(model, objective or Quadratic(), loader, str(tmp_path),
+                FitConfig(epochs, lr=lr, **fields), progress=False, **kwargs)
     return model, state
 
 
 def test_fit_keeps_best_model_and_resumes_bit_identically(tmp_path):
-    straight, state = run_fit(tmp_path / 'a', 4, config=dict(hidden=8))
+    straight, state = run_fit(tmp_path / 'a', 4, run_config=dict(hidden=8))
     assert state.epoch == 4 and state.step == 12
     assert [h['epoch'] for h in state.history] == [1, 2, 3, 4]
     best = min(state.history, key=lambda h: h['valid'])
     assert state.best_epoch == best['epoch']
     assert state.best_valid == best['valid']
 
-    run_fit(tmp_path / 'b', 2, config=dict(hidden=8))
-    resumed, state = run_fit(tmp_path / 'b', 4, config=dict(hidden=8),
-                             resume=True)
+    run_fit(tmp_path / 'b', 2, run_config=dict(hidden=8))
+    resumed, state = run_fit(tmp_path / 'b', 4, run_config=dict(hidden=8),
+                             resume=True, metadata=dict(note='resumed'))
     assert state.epoch == 4 and len(state.history) == 4
     for name, value in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
     checkpoint = load_checkpoint(str(tmp_path / 'b' / 'checkpoint.pt'))
-    assert checkpoint['config'] == dict(hidden=8)
-    assert checkpoint['objective'] == dict(name='quadratic')
+    assert checkpoint['run'] == dict(
+        hidden=8, fit=FitConfig(4, lr=1e-2).to_dict(),
+        objective=dict(name='quadratic'))
+    assert checkpoint['metadata'] == dict(note='resumed')
     assert sorted(os.listdir(tmp_path / 'b')) == [
         'best.pt', 'checkpoint.pt', 'curves.png', 'history.json']
 
 
 def test_resume_refuses_changed_options(tmp_path):
-    run_fit(tmp_path, 1, config=dict(hidden=8, lr=0.1))
+    run_fit(tmp_path, 1, run_config=dict(hidden=8, lr=0.1))
     with pytest.raises(ValueError, match=r'hidden: checkpoint 8, now 16'):
-        run_fit(tmp_path, 2, config=dict(hidden=16, lr=0.1), resume=True)
-    with pytest.raises(ValueError, match='moving average'):
-        run_fit(tmp_path, 2, config=dict(hidden=8, lr=0.1), resume=True,
+        run_fit(tmp_path, 2, run_config=dict(hidden=16, lr=0.1), resume=True)
+    with pytest.raises(ValueError,
+                       match=r'fit.ema_decay: checkpoint None, now 0.9'):
+        run_fit(tmp_path, 2, run_config=dict(hidden=8, lr=0.1), resume=True,
                 ema_decay=0.9)
+    # one error names every differing field, nested ones with dots
+    with pytest.raises(ValueError) as error:
+        run_fit(tmp_path, 2, run_config=dict(hidden=16, lr=0.1), resume=True,
+                lr=0.5, objective=Quadratic(name='cubic'))
+    for part in ('hidden: checkpoint 8, now 16',
+                 'fit.lr: checkpoint 0.01, now 0.5',
+                 "objective.name: checkpoint 'quadratic', now 'cubic'"):
+        assert part in str(error.value)
 
 
-def test_resume_compares_the_options_the_caller_names(tmp_path):
-    run_fit(tmp_path, 1, config=dict(hidden=8, num_samples=100))
-    # num_samples became an option that may change: no longer named, it
-    # no longer has to match the checkpoint
-    model, state = run_fit(tmp_path, 2, config=dict(hidden=8), resume=True)
-    assert state.epoch == 2
-    # an option the checkpoint does not know must still match
+def test_resume_may_change_the_resumable_fields_only(tmp_path):
+    assert FitConfig.RESUMABLE_FIELDS == {'epochs', 'time_budget',
+                                          'eval_every'}
+    run_fit(tmp_path, 1, run_config=dict(hidden=8))
+    model, state = run_fit(tmp_path, 3, run_config=dict(hidden=8),
+                           resume=True, eval_every=2, time_budget=5.0)
+    assert state.epoch == 3
+    assert load_checkpoint(str(tmp_path / 'checkpoint.pt'))['run']['fit'] \
+        == FitConfig(3, lr=1e-2, eval_every=2, time_budget=5.0).to_dict()
+
+
+def test_resume_compares_every_stored_option(tmp_path):
+    run_fit(tmp_path, 1, run_config=dict(hidden=8, num_samples=100))
+    # an option the run no longer names must still match the checkpoint
+    with pytest.raises(ValueError,
+                       match=r'num_samples: checkpoint 100, now None'):
+        run_fit(tmp_path, 2, run_config=dict(hidden=8), resume=True)
+    # and an option the checkpoint does not know as well
     with pytest.raises(ValueError, match=r'width: checkpoint None, now 3'):
-        run_fit(tmp_path, 3, config=dict(hidden=8, width=3), resume=True)
+        run_fit(tmp_path, 3, run_config=dict(hidden=8, num_samples=100,
+                                             width=3), resume=True)
 
 
 def test_checkpoints_of_another_kind_are_refused(tmp_path):
@@ -148,17 +181,95 @@ def test_fit_time_budget_stops_inside_the_epoch(tmp_path):
     assert resumed.stopped_by_budget
     assert (resumed.epoch, resumed.step) == (1, 1)
     assert (tmp_path / 'best.pt').read_bytes() == best
+    # A larger budget continues the run.
+    model, resumed = run_fit(tmp_path, 2, time_budget=1.0, resume=True)
+    assert not resumed.stopped_by_budget
+    assert (resumed.epoch, resumed.step) == (2, 4)
 
 
-def test_fit_rejects_bad_options(tmp_path):
-    for kwargs in (dict(epochs=0), dict(epochs=2.5), dict(lr=-1.0),
-                   dict(lr=math.inf), dict(ema_decay=1.0),
-                   dict(clip='huge'), dict(time_budget=0.0)):
-        kwargs.setdefault('epochs', 1)
-        epochs = kwargs.pop('epochs')
-        with pytest.raises(ValueError):
-            run_fit(tmp_path, epochs, **kwargs)
+@pytest.mark.parametrize('fields, name', [
+    (dict(epochs=0), 'epochs'), (dict(epochs=2.5), 'epochs'),
+    (dict(lr=-1.0), 'lr'), (dict(lr=math.inf), 'lr'),
+    (dict(lr_schedule='linear'), 'lr_schedule'),
+    (dict(ema_decay=1.0), 'ema_decay'), (dict(eval_every=0), 'eval_every'),
+    (dict(clip='huge'), 'clip'), (dict(clip=0.0), 'clip'),
+    (dict(bf16='yes'), 'bf16'), (dict(time_budget=0.0), 'time_budget'),
+])
+def test_fit_config_rejects_bad_options(fields, name):
+    fields = dict(dict(epochs=1), **fields)
+    with pytest.raises(ValueError, match=f"'{name}'"):
+        FitConfig(**fields)
+
+
+def test_fit_config_is_plain_data():
+    config = FitConfig(10, lr_schedule='cosine', ema_decay=0.999, clip=2.0,
+                       bf16=True, time_budget=1.5)
+    assert FitConfig.from_dict(json.loads(json.dumps(config.to_dict()))) \
+        == config
+    assert config.replace(epochs=20).differences(config) == [
+        ('epochs', 20, 10)]
+
+
+def test_fit_rejects_bad_arguments(tmp_path):
+    with pytest.raises(TypeError, match="'config' must be a FitConfig"):
+        fit(torch.nn.Linear(3, 2), Quadratic(), data(), str(tmp_path),
+            dict(epochs=1))
+    with pytest.raises(ValueError, match="'run_config' must not hold"):
+        run_fit(tmp_path, 1, run_config=dict(fit=1))
     assert not os.path.exists(tmp_path / 'checkpoint.pt')
+
+
+def test_fit_refuses_an_empty_loader(tmp_path):
+    flow = ENFlow(2, hidden_channels=8, num_layers=1)
+    with pytest.raises(ValueError, match="'train_loader' is empty"):
+        fit(flow, FlowMatching(), [], str(tmp_path / 'run'),
+            FitConfig(epochs=2))
+    assert not os.path.exists(tmp_path / 'run')
+
+
+class FailsAt(Quadratic):
+    r"""The quadratic loss, :obj:`value` from optimiser step :obj:`step`
+    (counted from one) on."""
+    def __init__(self, step, value):
+        super().__init__()
+        self.calls, self.step, self.value = 0, step, value
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        loss = super().__call__(model, batch)
+        return loss * self.value if self.calls >= self.step else loss
+
+
+@pytest.mark.parametrize('value', [math.nan, math.inf])
+def test_non_finite_training_loss_stops_the_run(tmp_path, value):
+    with pytest.raises(FloatingPointError, match=r'epoch 2, step 5'):
+        run_fit(tmp_path, 3, objective=FailsAt(5, value), validate=None)
+    checkpoint = load_checkpoint(str(tmp_path / 'checkpoint.pt'))
+    assert checkpoint['state']['epoch'] == 1  # the last good epoch
+    best = torch.load(tmp_path / 'best.pt')
+    for name, weight in checkpoint['model'].items():
+        assert torch.equal(best[name], weight) and weight.isfinite().all()
+    with pytest.raises(FloatingPointError, match=r'epoch 1, step 1'):
+        run_fit(tmp_path / 'first', 3, objective=FailsAt(1, value))
+    assert not os.path.exists(tmp_path / 'first' / 'best.pt')
+
+
+def test_nan_validation_stops_the_run(tmp_path):
+    values = iter([2.0, math.nan])
+    with pytest.raises(FloatingPointError, match='epoch 2'):
+        run_fit(tmp_path, 3, validate=lambda model: next(values))
+    checkpoint = load_checkpoint(str(tmp_path / 'checkpoint.pt'))
+    assert checkpoint['state']['epoch'] == 1
+    assert checkpoint['state']['best_epoch'] == 1
+    with pytest.raises(FloatingPointError, match='epoch 1'):
+        run_fit(tmp_path / 'first', 3, validate=lambda model: math.nan)
+    assert not os.path.exists(tmp_path / 'first' / 'best.pt')
+
+
+def test_bf16_autocast_trains(tmp_path):
+    model, state = run_fit(tmp_path, 2, bf16=True)
+    assert state.step == 6
+    assert all(math.isfinite(h['train_loss']) for h in state.history)
 
 
 def test_moving_average_is_validated_and_saved(tmp_path):
@@ -190,17 +301,66 @@ def test_cosine_schedule_decays_to_one_percent(tmp_path):
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = torch.utils.data.DataLoader(data(), batch_size=2)
-    fit(model, Quadratic(), loader, str(tmp_path), epochs=4, lr=0.1,
-        optimizer=optimizer, lr_schedule='cosine', progress=False,
-        log=lambda line: None)
+    fit(model, Quadratic(), loader, str(tmp_path),
+        FitConfig(epochs=4, lr=0.1, lr_schedule='cosine'),
+        optimizer=optimizer, progress=False, log=lambda line: None)
     total = 4 * len(loader)
     progress = (total - 1) / total  # the last step's progress
     expected = 0.1 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
     assert optimizer.param_groups[0]['lr'] == pytest.approx(expected)
     assert expected < 0.003  # from 0.1 down towards 0.001
-    with pytest.raises(ValueError, match='lr_schedule'):
-        fit(model, Quadratic(), loader, str(tmp_path), epochs=1,
-            lr_schedule='linear')
+
+
+@pytest.mark.parametrize('schedule', ['constant', 'cosine'])
+def test_custom_optimizer_keeps_its_learning_rates(tmp_path, schedule):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD([dict(params=[model.weight], lr=0.05),
+                                 dict(params=[model.bias], lr=0.2)])
+    loader = torch.utils.data.DataLoader(data(), batch_size=6)  # one step
+    fit(model, Quadratic(), loader, str(tmp_path),
+        FitConfig(epochs=2, lr=1.0, lr_schedule=schedule),
+        optimizer=optimizer, progress=False, log=lambda line: None)
+    # the second (last) step runs at progress 1/2 of the cosine
+    factor = 1.0 if schedule == 'constant' else 0.01 + 0.99 * 0.5
+    assert [group['lr'] for group in optimizer.param_groups] == \
+        pytest.approx([0.05 * factor, 0.2 * factor])
+
+
+def test_lr_schedule_follows_steps_or_time_whichever_is_further():
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    schedule = LRSchedule(optimizer, 'cosine', total_steps=100,
+                          time_budget=1.0)
+    assert schedule.progress(10, 1800.0) == pytest.approx(0.5)
+    assert schedule.progress(75, 1800.0) == pytest.approx(0.75)
+    assert schedule.progress(200, 0.0) == 1.0
+    schedule.update(50, 0.0)
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(0.505)
+    assert optimizer.param_groups[0]['initial_lr'] == 1.0
+    assert LRSchedule(optimizer).factor(99, 1e9) == 1.0
+    with pytest.raises(ValueError, match="'schedule'"):
+        LRSchedule(optimizer, 'linear')
+
+
+def test_checkpointer_writes_and_resumes(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    files = Checkpointer(str(tmp_path), model, optimizer,
+                         run=dict(fit=dict(epochs=1), hidden=8))
+    assert files.resume() is None  # nothing to resume yet
+    (tmp_path / '.tmp-xyzbest.pt').write_bytes(b'')
+    assert files.prepare() == ['.tmp-xyzbest.pt']
+    state = FitState()
+    state.add_epoch(dict(epoch=1, step=3, train_loss=1.0), keep_last=False)
+    files.end_epoch(state, model, best=False, final=False)
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint.pt', 'history.json']
+    other = Checkpointer(str(tmp_path), torch.nn.Linear(3, 2), optimizer,
+                         run=dict(fit=dict(epochs=5), hidden=8))
+    assert other.resume() == state  # epochs may change
+    torch.testing.assert_close(other.model.state_dict(), model.state_dict())
+    with pytest.raises(ValueError, match=r'hidden: checkpoint 8, now 9'):
+        Checkpointer(str(tmp_path), model, optimizer,
+                     run=dict(fit=dict(epochs=1), hidden=9)).resume()
 
 
 def test_fit_cleans_interrupted_writes_and_uses_the_umask(tmp_path):

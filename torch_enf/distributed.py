@@ -93,6 +93,23 @@ def mean_over_processes(value: float, context: DistributedContext) -> float:
     return float(tensor) / context.world_size
 
 
+def any_over_processes(flag: bool, context: DistributedContext) -> bool:
+    r"""Whether :obj:`flag` holds in at least one process, so that all
+    processes take the same branch (*e.g.* stop together)."""
+    return mean_over_processes(float(flag), context) > 0
+
+
+def broadcast_from_main(value: float, context: DistributedContext) -> float:
+    r"""Rank 0's :obj:`value` (a Python number) in every process; the other
+    processes' :obj:`value` is ignored."""
+    if not context.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64,
+                          device=context.device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor)
+
+
 def shard_loader(dataset: Dataset, batch_size: int,
                  context: DistributedContext, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False) -> DataLoader:

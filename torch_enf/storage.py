@@ -27,7 +27,6 @@ def atomic_save(obj: Any, path: str) -> None:
         os.fsync(f.fileno())
 
 
-
 def load_checkpoint(path: str, map_location: Any = 'cpu') -> Dict[str, Any]:
     r"""Reads a checkpoint written by :func:`fit`, refusing other files."""
     checkpoint = torch.load(path, map_location=map_location,
