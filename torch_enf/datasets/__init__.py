@@ -4,11 +4,15 @@ from here)."""
 from torch_enf.systems import (DoubleWellEnergy, LennardJonesEnergy,
                                MALASampler, ParticleEnergy)
 
+from .molecules import MoleculeDataset
 from .particles import DW4, LJ13, LJ13Halved, LJ55, ParticleSystem
+from .points import PointCloudDataset
 from .qm9 import QM9
 
 __all__ = [
     'QM9',
+    'MoleculeDataset',
+    'PointCloudDataset',
     'ParticleEnergy',
     'DoubleWellEnergy',
     'LennardJonesEnergy',
