@@ -10,8 +10,8 @@ import argparse
 
 import numpy as np
 
-from torch_enf.datasets.qm9 import (POSITIONAL_NUM_ATOMS, read_qm9pack,
-                                    save_npz, standard_split)
+from torch_enf.datasets.qm9 import POSITIONAL_NUM_ATOMS, standard_split
+from torch_enf.datasets.qm9_sources import read_qm9pack, save_npz
 
 
 def choose(candidates: np.ndarray, count: int,

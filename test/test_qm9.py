@@ -1,14 +1,23 @@
 import importlib.util
+import io
 import logging
+import os
+import os.path as osp
+import urllib.error
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from torch_enf.datasets import QM9
-from torch_enf.datasets.qm9 import (QM9Molecules, read_npz, read_qm9pack,
-                                    save_npz, standard_split)
+from torch_enf.datasets import QM9, qm9, qm9_sources
+from torch_enf.datasets.qm9 import standard_split
+from torch_enf.datasets.qm9_sources import (PYG_RAW_URL,
+                                            PYG_UNCHARACTERISED_URL,
+                                            QM9Molecules, download_pyg_raw,
+                                            pyg_raw_present, read_npz,
+                                            read_qm9pack, save_npz)
 
 FIXTURE = Path(__file__).resolve().parent / 'data' / 'qm9_fixture.npz'
 SHARED = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data'
@@ -159,27 +168,89 @@ def _write_sdf(path, records):
             f.write('M  END\n$$$$\n')
 
 
-def test_pyg_raw_files_give_the_same_molecules(tmp_path, fixture_molecules):
-    m = fixture_molecules
+def _write_pyg_raw(raw, m):
     sections = np.cumsum(m.num_atoms)[:-1]
     records = list(zip(m.index, np.split(m.atomic_numbers, sections),
                        np.split(m.positions, sections)))
     # gdb9.sdf also holds uncharacterised molecules, which must be skipped:
     records += [(index, *records[0][1:]) for index in m.uncharacterised[:2]]
     records.sort(key=lambda record: record[0])
-    raw = tmp_path / 'raw'
     raw.mkdir()
     _write_sdf(raw / 'gdb9.sdf', records)
     (raw / 'uncharacterized.txt').write_text(
         ' Header line\n Index  SMILES\n' +
         ''.join(f'{i:8d}  C  C  1\n' for i in m.uncharacterised) +
         ' footer\n')
+
+
+def test_pyg_raw_files_give_the_same_molecules(tmp_path, fixture_molecules):
+    _write_pyg_raw(tmp_path / 'raw', fixture_molecules)
     from_sdf = QM9(str(tmp_path), split='test', source='pyg', log=False)
     from_npz = QM9(str(tmp_path), split='test', source=str(FIXTURE),
                    log=False)
     assert torch.equal(from_sdf.idx, from_npz.idx)
     assert torch.equal(from_sdf.z, from_npz.z)
     torch.testing.assert_close(from_sdf.pos, from_npz.pos, atol=1e-4, rtol=0)
+
+
+def _offline(monkeypatch):
+    r"""Fails the test on any download."""
+    def refuse(*args, **kwargs):
+        pytest.fail('QM9 tried the network')
+    monkeypatch.setattr(qm9, 'download_pyg_raw', refuse)
+    monkeypatch.setattr(qm9_sources.urllib.request, 'urlopen', refuse)
+
+
+def test_auto_source_reads_qm9pack_without_the_network(
+        tmp_path, monkeypatch, fixture_molecules):
+    _offline(monkeypatch)
+    monkeypatch.setattr(qm9, 'qm9pack_installed', lambda: True)
+    calls = []
+    monkeypatch.setattr(qm9, 'read_qm9pack', lambda: calls.append(1) or
+                        fixture_molecules)
+    dataset = QM9(str(tmp_path), split='valid', log=False)
+    assert dataset.source == 'qm9pack' and calls == [1]
+    assert len(dataset) == 10
+    assert osp.exists(tmp_path / 'processed' / 'qm9pack' / 'valid.pt')
+
+
+def test_auto_source_prefers_local_raw_files(tmp_path, monkeypatch,
+                                            fixture_molecules):
+    _offline(monkeypatch)
+    monkeypatch.setattr(qm9, 'qm9pack_installed', lambda: True)
+    monkeypatch.setattr(qm9, 'read_qm9pack', lambda: pytest.fail(
+        'qm9pack read despite the raw files'))
+    _write_pyg_raw(tmp_path / 'raw', fixture_molecules)
+    assert QM9(str(tmp_path), split='valid', log=False).source == 'pyg'
+
+
+def test_download_writes_complete_files_only(tmp_path, monkeypatch):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, 'w') as f:
+        f.writestr('gdb9.sdf', 'records')
+        f.writestr('gdb9.sdf.csv', 'table')
+    answers = {PYG_RAW_URL: archive.getvalue(),
+               PYG_UNCHARACTERISED_URL: b'list'}
+
+    def urlopen(url, timeout):
+        if url not in answers:
+            raise urllib.error.URLError('offline')
+        return io.BytesIO(answers[url])
+    monkeypatch.setattr(qm9_sources.urllib.request, 'urlopen', urlopen)
+    raw = tmp_path / 'raw'
+    download_pyg_raw(str(raw))
+    assert sorted(os.listdir(raw)) == ['gdb9.sdf', 'gdb9.sdf.csv',
+                                      'uncharacterized.txt']
+    assert (raw / 'gdb9.sdf').read_text() == 'records'
+    assert pyg_raw_present(str(raw))
+
+    del answers[PYG_UNCHARACTERISED_URL]  # offline half-way
+    other = tmp_path / 'other'
+    with pytest.raises(OSError, match=f'Could not download '
+                       f'{PYG_UNCHARACTERISED_URL}.*qm9pack'):
+        download_pyg_raw(str(other))
+    assert not pyg_raw_present(str(other))
+    assert sorted(os.listdir(other)) == ['gdb9.sdf', 'gdb9.sdf.csv']
 
 
 def test_missing_source_fails_fast(tmp_path):

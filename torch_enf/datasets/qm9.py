@@ -1,14 +1,9 @@
-r"""The QM9 dataset in the standard split used for molecule generation."""
-import csv
+r"""The QM9 dataset in the standard split used for molecule generation:
+the split, the node features and the dataset class (the raw sources are in
+:mod:`torch_enf.datasets.qm9_sources`)."""
 import hashlib
-import importlib.util
 import logging
-import os
 import os.path as osp
-import sys
-import urllib.request
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
@@ -18,102 +13,18 @@ from torch_geometric.data import Data, InMemoryDataset
 from tqdm import tqdm
 
 from torch_enf.datasets.cache import load_processed
-from torch_enf.elements import QM9_ATOMIC_NUMBERS, QM9_SYMBOLS
+from torch_enf.datasets.qm9_sources import (ATOM_TYPES, ATOMIC_NUMBERS,
+                                            MAX_ATOMS, NUM_CHARACTERISED,
+                                            NUM_QM9_IDS, QM9Molecules,
+                                            download_pyg_raw, pyg_raw_present,
+                                            qm9pack_installed, read_npz,
+                                            read_pyg_raw, read_qm9pack)
+from torch_enf.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-NUM_QM9_IDS = 133885
-r"""QM9 indices run from 1 to 133,885."""
-
-NUM_CHARACTERISED = 130831
-r"""Molecules left after removing the 3,054 that failed the consistency check
-of the original QM9 publication (``uncharacterized.txt``)."""
-
 SPLIT_SIZES = {'train': 100000, 'valid': 17748, 'test': 13083}
-MAX_ATOMS = 29
 POSITIONAL_NUM_ATOMS = 19
-ATOM_TYPES = QM9_SYMBOLS
-ATOMIC_NUMBERS = QM9_ATOMIC_NUMBERS
-
-PYG_RAW_URL = ('https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/'
-               'molnet_publish/qm9.zip')
-PYG_UNCHARACTERISED_URL = 'https://ndownloader.figshare.com/files/3195404'
-DOWNLOAD_TIMEOUT = 10.0  # seconds without an answer before falling back
-
-MOLECULES_EXTRA_HINT = 'pip install torch-enf[molecules]'
-
-
-@dataclass
-class QM9Molecules:
-    r"""Molecules in a flat layout: atoms of all molecules concatenated.
-
-    Attributes:
-        index (np.ndarray): QM9 indices, shape :obj:`[N]`, strictly increasing.
-        num_atoms (np.ndarray): Atom counts, shape :obj:`[N]`.
-        atomic_numbers (np.ndarray): Shape :obj:`[sum(num_atoms)]`.
-        positions (np.ndarray): Angstrom, shape :obj:`[sum(num_atoms), 3]`.
-        uncharacterised (np.ndarray): The QM9 indices that are excluded from
-            the 130,831 characterised molecules (needed to place molecules in
-            the standard split).
-    """
-    index: np.ndarray
-    num_atoms: np.ndarray
-    atomic_numbers: np.ndarray
-    positions: np.ndarray
-    uncharacterised: np.ndarray
-
-    def validate(self) -> None:
-        r"""Raises :class:`ValueError` naming the first offending molecule."""
-        if not (self.index.ndim == self.num_atoms.ndim == 1
-                and len(self.index) == len(self.num_atoms)):
-            raise ValueError(f"'index' {self.index.shape} and 'num_atoms' "
-                             f"{self.num_atoms.shape} must be equally long "
-                             f"vectors")
-        total = int(self.num_atoms.sum())
-        if (self.atomic_numbers.shape != (total, )
-                or self.positions.shape != (total, 3)):
-            raise ValueError(f"Expected {total} atoms, got atomic numbers "
-                             f"{self.atomic_numbers.shape} and positions "
-                             f"{self.positions.shape}")
-        bad = (self.num_atoms < 1) | (self.num_atoms > MAX_ATOMS)
-        if bad.any():
-            raise ValueError(f"QM9 molecule {self.index[bad][0]} has "
-                             f"{self.num_atoms[bad][0]} atoms (supported: 1 "
-                             f"to {MAX_ATOMS})")
-        molecule_of_atom = np.repeat(np.arange(len(self.index)),
-                                     self.num_atoms)
-        unknown = ~np.isin(self.atomic_numbers, ATOMIC_NUMBERS)
-        if unknown.any():
-            first = molecule_of_atom[unknown][0]
-            raise ValueError(f"QM9 molecule {self.index[first]} has an atom "
-                             f"with unknown atomic number "
-                             f"{self.atomic_numbers[unknown][0]} (supported: "
-                             f"{dict(zip(ATOM_TYPES, ATOMIC_NUMBERS))})")
-        not_finite = ~np.isfinite(self.positions).all(axis=1)
-        if not_finite.any():
-            raise ValueError(f"QM9 molecule "
-                             f"{self.index[molecule_of_atom[not_finite][0]]} "
-                             f"has non-finite coordinates")
-        out_of_range = (self.index < 1) | (self.index > NUM_QM9_IDS)
-        if out_of_range.any():
-            raise ValueError(f"QM9 index {self.index[out_of_range][0]} is "
-                             f"outside 1..{NUM_QM9_IDS}")
-        not_increasing = np.diff(self.index) <= 0
-        if not_increasing.any():
-            raise ValueError(f"QM9 indices must be strictly increasing; "
-                             f"molecule {self.index[1:][not_increasing][0]} "
-                             f"is out of order or duplicated")
-        excluded = np.isin(self.index, self.uncharacterised)
-        if excluded.any():
-            raise ValueError(f"QM9 molecule {self.index[excluded][0]} is "
-                             f"listed as uncharacterised")
-
-    def select(self, mask: np.ndarray) -> 'QM9Molecules':
-        r"""Returns the molecules where the boolean :obj:`mask` holds."""
-        atom_mask = np.repeat(mask, self.num_atoms)
-        return QM9Molecules(self.index[mask], self.num_atoms[mask],
-                            self.atomic_numbers[atom_mask],
-                            self.positions[atom_mask], self.uncharacterised)
 
 
 def standard_split(uncharacterised: np.ndarray) -> Dict[str, np.ndarray]:
@@ -145,271 +56,6 @@ def standard_split(uncharacterised: np.ndarray) -> Dict[str, np.ndarray]:
     }
 
 
-def read_qm9pack(folder: Optional[str] = None) -> QM9Molecules:
-    r"""Reads the molecules shipped by the :obj:`qm9pack` package.
-
-    Its CSV files :obj:`data/qm9_part{1,2,3}.csv` hold one molecule per row;
-    the columns used are :obj:`Index`, :obj:`N_atoms`, :obj:`Elements` (a
-    list such as :obj:`['C','H','H','H','H']`) and :obj:`XYZ_Ang` (nested
-    lists of DFT coordinates in Angstrom). The package itself is not imported
-    (its :obj:`__init__` needs :obj:`pkg_resources`); only its data folder is
-    located. QM9 indices absent from the package are the uncharacterised ones.
-
-    Args:
-        folder (str, optional): The data folder. Located through
-            :obj:`importlib` when :obj:`None`.
-    """
-    folder = folder or qm9pack_data_folder()
-    csv.field_size_limit(sys.maxsize)
-    index, num_atoms, elements, coordinates = [], [], [], []
-    for part in (1, 2, 3):
-        with open(osp.join(folder, f'qm9_part{part}.csv'), newline='') as f:
-            rows = csv.reader(f)
-            header = next(rows)
-            wanted = ('Index', 'N_atoms', 'Elements', 'XYZ_Ang')
-            missing = [name for name in wanted if name not in header]
-            if missing:
-                raise ValueError(f"qm9_part{part}.csv lacks the columns "
-                                 f"{missing}")
-            columns = [header.index(name) for name in wanted]
-            for line, row in enumerate(rows, start=2):
-                try:
-                    fields = [row[column] for column in columns]
-                except IndexError:
-                    raise ValueError(f"qm9_part{part}.csv line {line}: "
-                                     f"{len(row)} columns, expected "
-                                     f"{len(header)}") from None
-                parsed = (index, num_atoms, elements, coordinates)
-                for values, field in zip(parsed, fields):
-                    values.append(field)
-    return _parse_text_columns(index, num_atoms, elements, coordinates)
-
-
-def _parse_text_columns(index: List[str], num_atoms: List[str],
-                        elements: List[str],
-                        coordinates: List[str]) -> QM9Molecules:
-    index_array = _parse_integers(index, 'Index', index)
-    num_atoms_array = _parse_integers(num_atoms, 'N_atoms', index)
-    element_lists = [_split_list(text) for text in elements]
-    coordinate_lists = [_split_list(text) for text in coordinates]
-    for name, lists, per_atom in (('Elements', element_lists, 1),
-                                  ('XYZ_Ang', coordinate_lists, 3)):
-        lengths = np.array([len(values) for values in lists])
-        bad = lengths != per_atom * num_atoms_array
-        if bad.any():
-            first = np.flatnonzero(bad)[0]
-            raise ValueError(f"QM9 molecule {index[first]}: '{name}' has "
-                             f"{lengths[first]} entries for "
-                             f"{num_atoms_array[first]} atoms")
-    symbols = [symbol.strip("' ") for values in element_lists
-               for symbol in values]
-    coordinates = [x for values in coordinate_lists for x in values]
-    uncharacterised = np.setdiff1d(np.arange(1, NUM_QM9_IDS + 1),
-                                   index_array)
-    return _assemble(index_array, num_atoms_array, symbols, coordinates,
-                     uncharacterised)
-
-
-def _split_list(text: str) -> List[str]:
-    r"""Splits a (possibly nested) bracketed list such as
-    :obj:`[[1.0,2.0],[3.0,4.0]]` into its flat items."""
-    return text.replace('[', '').replace(']', '').split(',')
-
-
-def _parse_integers(values: List[str], column: str,
-                    index: List[str]) -> np.ndarray:
-    try:
-        return np.array(values, dtype=np.int64)
-    except ValueError:
-        first = next(i for i, v in enumerate(values)
-                     if not v.strip().isdigit())
-        raise ValueError(f"QM9 row with index {index[first]!r}: '{column}' "
-                         f"is not an integer: {values[first]!r}") from None
-
-
-def read_pyg_raw(raw_dir: str) -> QM9Molecules:
-    r"""Reads the raw files of :class:`torch_geometric.datasets.QM9`:
-    :obj:`gdb9.sdf` (V2000 records titled :obj:`gdb_<QM9 index>`, coordinates
-    in Angstrom) and :obj:`uncharacterized.txt`. Uncharacterised records of
-    the SDF are skipped (the count is logged).
-    """
-    uncharacterised = read_uncharacterised(osp.join(raw_dir,
-                                                    'uncharacterized.txt'))
-    with open(osp.join(raw_dir, 'gdb9.sdf')) as f:
-        records = f.read().split('$$$$')
-    index, num_atoms, atom_lines = [], [], []
-    for record in records:
-        lines = record.strip('\n').split('\n')
-        if len(lines) < 4:
-            continue  # the empty tail after the final '$$$$'
-        title = lines[0].strip()
-        if not title.startswith('gdb_') or not title[4:].isdigit():
-            raise ValueError(f"SDF record title {title!r} is not "
-                             f"'gdb_<QM9 index>'")
-        try:
-            count = int(lines[3][:3])
-        except ValueError:
-            raise ValueError(f"QM9 molecule {title[4:]}: malformed SDF "
-                             f"counts line {lines[3]!r}") from None
-        if len(lines) < 4 + count:
-            raise ValueError(f"QM9 molecule {title[4:]}: SDF record ends "
-                             f"before its {count} atoms")
-        index.append(int(title[4:]))
-        num_atoms.append(count)
-        atom_lines.extend(lines[4:4 + count])
-    fields = [line.split()[:4] for line in atom_lines]
-    if any(len(f) < 4 for f in fields):
-        raise ValueError("Malformed SDF atom line (expected 'x y z symbol')")
-    symbols = [f[3] for f in fields]
-    coordinates = [x for f in fields for x in f[:3]]
-    molecules = _assemble(np.array(index), np.array(num_atoms), symbols,
-                          coordinates, uncharacterised)
-    keep = ~np.isin(molecules.index, uncharacterised)
-    logger.info(f"Skipped {int((~keep).sum())} uncharacterised molecules "
-                f"of gdb9.sdf")
-    return molecules.select(keep)
-
-
-def _assemble(index: np.ndarray, num_atoms: np.ndarray, symbols: List[str],
-              coordinates: List[str],
-              uncharacterised: np.ndarray) -> QM9Molecules:
-    r"""Builds :class:`QM9Molecules` from element symbols (one per atom) and
-    coordinate strings (three per atom), naming the molecule of the first
-    unknown element or malformed number."""
-    owner = np.repeat(index, num_atoms)
-    symbol_to_z = dict(zip(ATOM_TYPES, ATOMIC_NUMBERS))
-    atomic_numbers = np.array([symbol_to_z.get(s, -1) for s in symbols],
-                              dtype=np.int64)
-    if (atomic_numbers < 0).any():
-        first = np.flatnonzero(atomic_numbers < 0)[0]
-        raise ValueError(f"QM9 molecule {owner[first]} has unknown element "
-                         f"{symbols[first]!r}")
-    try:
-        positions = np.array(coordinates, dtype=np.float64)
-    except ValueError:
-        first = next(i for i, x in enumerate(coordinates) if not _is_float(x))
-        raise ValueError(f"QM9 molecule {owner[first // 3]}: malformed "
-                         f"coordinate {coordinates[first]!r}") from None
-    return QM9Molecules(index, num_atoms, atomic_numbers,
-                        positions.reshape(-1, 3), uncharacterised)
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def read_uncharacterised(path: str) -> np.ndarray:
-    r"""Reads the QM9 indices listed in :obj:`uncharacterized.txt`: every
-    line whose first token is an integer (the header and footer have none).
-    """
-    with open(path) as f:
-        tokens = [line.split() for line in f]
-    return np.array(sorted(int(t[0]) for t in tokens if t and t[0].isdigit()),
-                    dtype=np.int64)
-
-
-def read_npz(path: str) -> QM9Molecules:
-    r"""Reads molecules from a padded :obj:`.npz` file.
-
-    Keys: :obj:`index` :obj:`[N]`, :obj:`num_atoms` :obj:`[N]`,
-    :obj:`charges` :obj:`[N, P]` (atomic numbers, 0 = padding) and
-    :obj:`positions` :obj:`[N, P, 3]` (Angstrom), the layout of the
-    published EDM split files; optionally :obj:`uncharacterized` (the 3,054
-    excluded QM9 indices). Without that key the file must hold all 130,831
-    characterised molecules, so that the absent indices are the excluded
-    ones.
-    """
-    with np.load(path) as f:
-        missing = {'index', 'num_atoms', 'charges', 'positions'} - set(f)
-        if missing:
-            raise ValueError(f"{path} lacks the keys {sorted(missing)}")
-        index = f['index'].astype(np.int64)
-        num_atoms = f['num_atoms'].astype(np.int64)
-        charges, positions = f['charges'], f['positions']
-        uncharacterised = (f['uncharacterized'].astype(np.int64)
-                           if 'uncharacterized' in f else None)
-    if charges.ndim != 2 or positions.shape != (*charges.shape, 3) \
-            or len(index) != len(charges) or len(num_atoms) != len(index):
-        raise ValueError(f"{path}: mismatched widths: index {index.shape}, "
-                         f"num_atoms {num_atoms.shape}, charges "
-                         f"{charges.shape}, positions {positions.shape}")
-    if uncharacterised is None:
-        if len(index) != NUM_CHARACTERISED:
-            raise ValueError(f"{path} holds {len(index)} molecules, not all "
-                             f"{NUM_CHARACTERISED}, and no 'uncharacterized' "
-                             f"key: its molecules cannot be placed in the "
-                             f"standard split")
-        uncharacterised = np.setdiff1d(np.arange(1, NUM_QM9_IDS + 1), index)
-    width = charges.shape[1]
-    too_many = num_atoms > width
-    if too_many.any():
-        raise ValueError(f"QM9 molecule {index[too_many][0]} has "
-                         f"{num_atoms[too_many][0]} atoms but the file is "
-                         f"padded to {width}")
-    atom_mask = np.arange(width) < num_atoms[:, None]
-    inconsistent = ((charges != 0) != atom_mask).any(axis=1)
-    if inconsistent.any():
-        raise ValueError(f"QM9 molecule {index[inconsistent][0]}: the "
-                         f"non-zero charges disagree with 'num_atoms'")
-    return QM9Molecules(index, num_atoms, charges[atom_mask].astype(np.int64),
-                        positions[atom_mask].astype(np.float64),
-                        uncharacterised)
-
-
-def save_npz(path: str, molecules: QM9Molecules) -> None:
-    r"""Writes :obj:`molecules` in the layout read by :func:`read_npz`
-    (compressed, padded to :obj:`MAX_ATOMS`, written atomically)."""
-    count = len(molecules.index)
-    atom_mask = np.arange(MAX_ATOMS) < molecules.num_atoms[:, None]
-    charges = np.zeros((count, MAX_ATOMS), dtype=np.int64)
-    positions = np.zeros((count, MAX_ATOMS, 3), dtype=np.float32)
-    charges[atom_mask] = molecules.atomic_numbers
-    positions[atom_mask] = molecules.positions
-    tmp = f'{path}.tmp.npz'
-    np.savez_compressed(tmp, index=molecules.index,
-                        num_atoms=molecules.num_atoms, charges=charges,
-                        positions=positions,
-                        uncharacterized=molecules.uncharacterised)
-    os.replace(tmp, path)
-
-
-def qm9pack_data_folder() -> str:
-    r"""Locates the data folder of :obj:`qm9pack` without importing it."""
-    spec = importlib.util.find_spec('qm9pack')
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"QM9 needs its raw files in 'root/raw', internet "
-                          f"access, or the 'qm9pack' package: "
-                          f"{MOLECULES_EXTRA_HINT}")
-    return osp.join(list(spec.submodule_search_locations)[0], 'data')
-
-
-def download_pyg_raw(raw_dir: str, timeout: float = DOWNLOAD_TIMEOUT) -> None:
-    r"""Downloads the raw files of :class:`torch_geometric.datasets.QM9`.
-    Raises :class:`OSError` quickly when offline."""
-    os.makedirs(raw_dir, exist_ok=True)
-    archive = osp.join(raw_dir, 'qm9.zip')
-    _download(PYG_RAW_URL, archive, timeout)
-    with zipfile.ZipFile(archive) as f:
-        f.extractall(raw_dir)
-    os.remove(archive)
-    _download(PYG_UNCHARACTERISED_URL, osp.join(raw_dir,
-                                                'uncharacterized.txt'),
-              timeout)
-
-
-def _download(url: str, path: str, timeout: float) -> None:
-    tmp = f'{path}.part'
-    with urllib.request.urlopen(url, timeout=timeout) as response, \
-            open(tmp, 'wb') as f:
-        while chunk := response.read(1 << 20):
-            f.write(chunk)
-    os.replace(tmp, path)
-
-
 def node_features(atomic_numbers: torch.Tensor) -> torch.Tensor:
     r"""Node features :math:`\mathbf{h} \in \mathbb{R}^{M \times 6}`: a
     one-hot encoding over :obj:`QM9.atom_types` (H, C, N, O, F) in columns
@@ -434,17 +80,21 @@ class QM9(InMemoryDataset):
     exactly 19 atoms are kept and only :obj:`pos`, :obj:`idx` and
     :obj:`num_nodes` are stored.
 
-    Sources, in the order tried when :obj:`source='auto'`:
+    Sources (:mod:`~torch_enf.datasets.qm9_sources`):
 
-    1. :obj:`"pyg"`: the raw files of :class:`torch_geometric.datasets.QM9`
-       (:obj:`gdb9.sdf`, :obj:`uncharacterized.txt`) in :obj:`root/raw`,
-       downloaded if absent (a failed download is logged and falls back);
-    2. :obj:`"qm9pack"`: the CSV files of the :obj:`qm9pack` package
-       (:obj:`pip install torch-enf[molecules]`).
+    * :obj:`"pyg"`: the raw files of :class:`torch_geometric.datasets.QM9`
+      (:obj:`gdb9.sdf`, :obj:`uncharacterized.txt`) in :obj:`root/raw`,
+      downloaded if absent;
+    * :obj:`"qm9pack"`: the CSV files of the :obj:`qm9pack` package
+      (:obj:`pip install torch-enf[molecules]`);
+    * the path of an :obj:`.npz` file (see
+      :func:`~torch_enf.datasets.qm9_sources.read_npz`), such as the small
+      test fixture.
 
-    :obj:`source` may also be the path of an :obj:`.npz` file (see
-    :func:`read_npz`), such as the small test fixture. Processed splits are
-    cached under :obj:`root/processed/<source>/`.
+    :obj:`source='auto'` takes the first of: a processed split of
+    :obj:`"pyg"` or :obj:`"qm9pack"`, the raw files in :obj:`root/raw`, the
+    installed :obj:`qm9pack` package, and only then a download. Processed
+    splits are cached under :obj:`root/processed/<source>/`.
 
     Args:
         root (str): Root directory.
@@ -500,11 +150,6 @@ class QM9(InMemoryDataset):
         suffix = '_positional' if self.positional else ''
         return f'{self.split}{suffix}.pt'
 
-    def _pyg_raw_present(self) -> bool:
-        return all(
-            osp.exists(osp.join(self.raw_dir, name))
-            for name in ('gdb9.sdf', 'uncharacterized.txt'))
-
     def _resolve_source(self, source: str) -> str:
         if source != 'auto':
             if source not in ('pyg', 'qm9pack') and not osp.isfile(source):
@@ -516,15 +161,9 @@ class QM9(InMemoryDataset):
                               self.processed_file_names)
             if osp.exists(cached):
                 return candidate
-        if self._pyg_raw_present():
-            return 'pyg'
-        try:
-            download_pyg_raw(self.raw_dir)
-            return 'pyg'
-        except OSError as error:
-            logger.warning(f"Could not download the raw QM9 files "
-                           f"({error}); reading the 'qm9pack' package")
-            return 'qm9pack'
+        if pyg_raw_present(self.raw_dir) or not qm9pack_installed():
+            return 'pyg'  # downloaded by _read_source if absent
+        return 'qm9pack'
 
     @staticmethod
     def _source_tag(source: str) -> str:
@@ -536,7 +175,7 @@ class QM9(InMemoryDataset):
 
     def _read_source(self) -> QM9Molecules:
         if self.source == 'pyg':
-            if not self._pyg_raw_present():
+            if not pyg_raw_present(self.raw_dir):
                 download_pyg_raw(self.raw_dir)
             return read_pyg_raw(self.raw_dir)
         if self.source == 'qm9pack':
@@ -563,9 +202,8 @@ class QM9(InMemoryDataset):
             raise ValueError(f"No molecules of the {self.split!r} split "
                              f"(positional={self.positional}) in source "
                              f"{self.source!r}")
-        tmp = osp.join(self.processed_dir, f'.{self.processed_file_names}')
-        self.save(data_list, tmp)
-        os.replace(tmp, self.processed_paths[0])
+        with atomic_path(self.processed_paths[0]) as tmp:
+            self.save(data_list, tmp)
 
     def _to_data_list(self, molecules: QM9Molecules) -> List[Data]:
         atomic_numbers = torch.from_numpy(molecules.atomic_numbers)
