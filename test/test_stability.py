@@ -102,8 +102,10 @@ def test_single_data_and_errors():
               z=torch.tensor([1, 1]))
     assert stability(h2) == {'atom_stability': 1.0,
                              'molecule_stability': 1.0}
-    with pytest.raises(ValueError, match='Unknown atomic number 16'):
-        stability(Data(pos=torch.zeros(2, 3), z=torch.tensor([1, 16])))
+    with pytest.raises(ValueError, match='Unknown atomic number 99'):
+        stability(Data(pos=torch.zeros(2, 3), z=torch.tensor([1, 99])))
+    with pytest.raises(ValueError, match='Stability is undefined for He'):
+        stability(Data(pos=torch.zeros(2, 3), z=torch.tensor([1, 2])))
     with pytest.raises(ValueError, match='non-finite'):
         stability(Data(pos=torch.full((2, 3), float('nan')),
                        z=torch.tensor([1, 1])))

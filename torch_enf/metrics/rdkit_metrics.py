@@ -3,10 +3,13 @@ r"""Chemical validity, uniqueness and novelty of 3D molecules via RDKit.
 RDKit is optional (:obj:`pip install torch-enf[molecules]`); it is imported
 when one of these functions is first called.
 
-A molecule is built from its atoms and the bonds inferred from its geometry
-(:func:`~torch_enf.metrics.bonds.infer_bonds`), with no formal charges and
-all hydrogens explicit, and carries its coordinates as a 3D conformer. It is
-**valid** when :func:`rdkit.Chem.SanitizeMol` accepts it. Following the
+A molecule is built from its atoms (any element from H to Rn) and the bonds
+inferred from its geometry (:func:`~torch_enf.metrics.bonds.infer_bonds`),
+with the formal charges of :obj:`data.charge` if it has them (none
+otherwise, as for generated molecules) and all hydrogens explicit, and
+carries its coordinates as a 3D conformer. It is **valid** when
+:func:`rdkit.Chem.SanitizeMol` accepts it (RDKit's own valence rules, which
+cover every element). Following the
 E-NF/EDM convention, a valid molecule made of several disconnected fragments
 is still counted as valid and is represented by its largest fragment (most
 atoms), whose canonical SMILES (hydrogens implicit) identifies the molecule
@@ -36,8 +39,8 @@ def _chem():
 def to_rdkit_molecules(data) -> list:
     r"""Builds one unsanitised :class:`rdkit.Chem.Mol` per molecule of a
     :class:`~torch_geometric.data.Batch` (or :class:`Data`) holding
-    :obj:`pos` (Angstrom) and :obj:`z`, with the inferred bonds and a 3D
-    conformer."""
+    :obj:`pos` (Angstrom), :obj:`z` and, optionally, the formal
+    :obj:`charge`, with the inferred bonds and a 3D conformer."""
     Chem = _chem()
     bond_types = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE,
                   3: Chem.BondType.TRIPLE}
@@ -52,12 +55,15 @@ def to_rdkit_molecules(data) -> list:
                                              j - ptr[molecule], order))
     positions = batch.pos.detach().double().cpu().tolist()
     atomic_numbers = batch.z.tolist()
+    charges = batch.charge.tolist() if getattr(batch, 'charge', None) \
+        is not None else [0] * len(atomic_numbers)
     molecules = []
     for start, end, bonds in zip(ptr[:-1], ptr[1:], bonds_per_molecule):
         mol = Chem.RWMol()
         conformer = Chem.Conformer(end - start)
         for k in range(start, end):
             atom = Chem.Atom(atomic_numbers[k])
+            atom.SetFormalCharge(charges[k])
             atom.SetNoImplicit(True)  # hydrogens are explicit atoms
             mol.AddAtom(atom)
             conformer.SetAtomPosition(k - start, positions[k])
