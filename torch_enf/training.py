@@ -321,6 +321,7 @@ class Checkpointer:
 
     @property
     def checkpoint_path(self) -> str:
+        r"""The path of :obj:`checkpoint.pt`."""
         return osp.join(self.out, 'checkpoint.pt')
 
     def prepare(self) -> List[str]:
