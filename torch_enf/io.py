@@ -480,8 +480,9 @@ def _sdf_record(record: _Record, lines: List[str]) -> Structure:
 
 def _v2000_record(record: _Record, lines: List[str]) -> Structure:
     if len(lines) < 4:
-        raise record.error(len(lines), 'truncated', 'the record ends before '
-                           'its counts line (line 4 of a record)')
+        raise record.error(max(len(lines) - 1, 0), 'truncated', 'the record '
+                           'ends before its counts line (line 4 of a '
+                           'record)')
     try:
         num_atoms, num_bonds = int(lines[3][0:3]), int(lines[3][3:6])
     except ValueError:
@@ -492,7 +493,7 @@ def _v2000_record(record: _Record, lines: List[str]) -> Structure:
                            f'atom (got {num_atoms})')
     end = 4 + num_atoms + num_bonds
     if len(lines) < end:
-        raise record.error(len(lines), 'truncated', f'the record announces '
+        raise record.error(3, 'truncated', f'the record announces '
                            f'{num_atoms} atoms and {num_bonds} bonds but '
                            f'ends after {len(lines) - 4} of their lines')
     atoms = [_v2000_atom(record, lines[k], k) for k in range(4, 4 + num_atoms)]

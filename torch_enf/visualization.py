@@ -22,7 +22,8 @@ def plot_molecule_grid(data, path: str, ncols: int = 4,
     r"""Draws the molecules of a :class:`~torch_geometric.data.Batch` (or a
     single :class:`~torch_geometric.data.Data`) as a grid of 3D renders:
     atoms coloured by element (H light grey, C dark grey, N blue, O red,
-    F green, others pink) and the inferred bonds
+    F green, S yellow, Cl bright green, ...: :obj:`torch_enf.elements.STYLES`;
+    elements without a style pink) and the inferred bonds
     (:func:`~torch_enf.metrics.bonds.infer_bonds`) as lines, one line per
     bond order. Molecules without :obj:`z` are drawn as point clouds.
 

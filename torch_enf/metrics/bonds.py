@@ -13,11 +13,11 @@ highest order :math:`k` whose test holds,
 and no bond (:math:`k = 0`) when none holds.
 
 The lengths are those the EDM paper uses for QM9 and GEOM-drugs (H, B, C,
-N, O, F, Si, P, S, Cl, As, Br, I), plus an S=O double bond. Any other pair of elements from H to Rn
-gets a single-bond length equal to the sum of the two covalent radii
-(:obj:`torch_enf.elements.COVALENT_RADII_PM`), and no double or triple bond.
-The pairs of QM9's elements (H, C, N, O, F) are all tabulated, so the QM9
-rule is the one of the papers.
+N, O, F, Si, P, S, Cl, As, Br, I), plus an S=O double bond. Any other pair
+of elements from H to Rn gets a single-bond length equal to the sum of the
+two covalent radii (:obj:`torch_enf.elements.COVALENT_RADII_PM`), and no
+double or triple bond. The pairs of QM9's elements (H, C, N, O, F) are all
+tabulated, so the QM9 rule is the one of the papers.
 """
 import re
 from typing import Dict, Optional, Tuple
