@@ -147,8 +147,8 @@ def write_sdf(path: str, data, names: Optional[Sequence[str]] = None
 
 class StructureError(ValueError):
     r"""A structure of a file that cannot be read, raised with the file and
-    the place (:obj:`"line 12"`, :obj:`"record 3, line 40"` or
-    :obj:`"structure 7"`) in its message.
+    the place (:obj:`"line 12"`, :obj:`"line 40 (record 3 from line 37)"`
+    or :obj:`"structure 7"`) in its message.
 
     Attributes:
         line (int, optional): The line of the problem (1-based), :obj:`None`
@@ -169,7 +169,9 @@ class Skipped(NamedTuple):
     path: str
     index: int  #: Position of the structure in its file, from 0.
     line: Optional[int]  #: The line of the problem; None in .npz files.
-    reason: str  #: The kind of problem (see :class:`StructureError`).
+    #: The kind of problem: those of :class:`StructureError`, and
+    #: :class:`~torch_enf.datasets.MoleculeDataset`'s own.
+    reason: str
     message: str  #: The full error, naming the file and the line.
 
 
@@ -182,10 +184,13 @@ class MoleculeFile(NamedTuple):
 
 
 ON_ERROR = ('raise', 'skip')
-MOLECULE_SUFFIXES = ('.sdf', '.mol', '.xyz', '.npz')
+FORMATS = {'.sdf': 'sdf', '.mol': 'sdf', '.xyz': 'xyz', '.npz': 'npz'}
+r"""The format of every file suffix read by :func:`read_molecules`."""
+MOLECULE_SUFFIXES = tuple(FORMATS)
 
 
-def read_molecules(path: str, on_error: str = 'raise') -> MoleculeFile:
+def read_molecules(path: str, on_error: str = 'raise',
+                   format: Optional[str] = None) -> MoleculeFile:
     r"""Reads the 3D structures of an SDF (:obj:`.sdf`, :obj:`.mol`), XYZ
     (:obj:`.xyz`) or NumPy (:obj:`.npz`) file; see :func:`read_sdf`,
     :func:`read_xyz` and :func:`read_npz` for the formats. Every structure
@@ -202,11 +207,13 @@ def read_molecules(path: str, on_error: str = 'raise') -> MoleculeFile:
             line and reason. Problems of the whole file (missing, a folder,
             binary, no structure at all) always raise.
             (default: :obj:`"raise"`)
+        format (str, optional): :obj:`"sdf"`, :obj:`"xyz"` or
+            :obj:`"npz"`. (default: :obj:`None`, from the suffix)
 
     Raises:
         FileNotFoundError: The file does not exist.
         IsADirectoryError: The path is a folder.
-        ValueError: An unknown suffix, a binary file, a file without
+        ValueError: An unknown format, a binary file, a file without
             structures, or (with :obj:`on_error="raise"`) a structure that
             cannot be read, naming the file and the line.
     """
@@ -214,16 +221,22 @@ def read_molecules(path: str, on_error: str = 'raise') -> MoleculeFile:
         raise ValueError(f"'on_error' must be one of {ON_ERROR}, got "
                          f"{on_error!r}")
     _check_file(path)
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in MOLECULE_SUFFIXES:
-        raise ValueError(f"{path}: unknown molecule format {suffix!r} "
-                         f"(expected one of {', '.join(MOLECULE_SUFFIXES)})")
-    if suffix == '.npz':
+    if format is None:
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in FORMATS:
+            raise ValueError(f"{path}: unknown molecule file suffix "
+                             f"{suffix!r} (expected one of "
+                             f"{', '.join(FORMATS)}, or give 'format')")
+        format = FORMATS[suffix]
+    if format == 'npz':
         structures = _npz_structures(path)
-    elif suffix == '.xyz':
+    elif format == 'xyz':
         structures = _xyz_structures(path, _read_lines(path))
-    else:
+    elif format == 'sdf':
         structures = _sdf_structures(path, _read_lines(path))
+    else:
+        raise ValueError(f"Unknown molecule format {format!r} (expected "
+                         f"'sdf', 'xyz' or 'npz')")
     molecules, indices, skipped = [], [], []
     for index, structure in enumerate(structures):
         if isinstance(structure, Data):
@@ -254,7 +267,7 @@ def read_xyz(path: str) -> List[Data]:
             or short atom line, a coordinate that is not a finite number or
             an unknown element, and for a binary file.
     """
-    return _strict(path, '.xyz')
+    return read_molecules(path, format='xyz').molecules
 
 
 def read_sdf(path: str) -> List[Data]:
@@ -272,7 +285,7 @@ def read_sdf(path: str) -> List[Data]:
         ValueError: Naming the file, the record and the line of a
             malformed or truncated record, and for a binary file.
     """
-    return _strict(path, '.sdf')
+    return read_molecules(path, format='sdf').molecules
 
 
 def read_npz(path: str) -> List[Data]:
@@ -296,15 +309,7 @@ def read_npz(path: str) -> List[Data]:
             shapes, and the structure for unknown atomic numbers or
             non-finite coordinates.
     """
-    return _strict(path, '.npz')
-
-
-def _strict(path: str, suffix: str) -> List[Data]:
-    actual = os.path.splitext(path)[1].lower()
-    if actual != suffix and not (suffix == '.sdf' and actual == '.mol'):
-        _check_file(path)
-        raise ValueError(f"{path}: expected a {suffix} file")
-    return read_molecules(path).molecules
+    return read_molecules(path, format='npz').molecules
 
 
 def _check_file(path: str) -> None:
