@@ -2,23 +2,27 @@ r"""E(n)-equivariant continuous normalizing flows."""
 from .distributions import CenteredGaussian, NodeGaussian
 from .divergence import exact_divergence, hutchinson_divergence
 from .dynamics import EGNNDynamics
-from .integrator import (ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS,
-                         EvaluationBudgetExceeded, ODESolveError,
-                         SolverOptions)
+from .integrator import (ADAPTIVE_SOLVERS, DEFAULT_SOLVER, FIXED_STEP_SOLVERS,
+                         EvaluationBudgetExceeded, EvaluationCount,
+                         ODESolveError, SolverOptions)
 from .vector_field import VectorField
-from .enflow import ENFlow, FlowInputs, FlowResult
+from .enflow import ENFlow, ENFlowConfig, FlowInputs, FlowResult
 from .node_count import NodeCountDistribution
 from .dequantization import (DEQUANTIZERS, ArgmaxDequantizer, Dequantizer,
                              ThresholdDequantizer, UniformDequantizer,
                              VariationalDequantizer, register_dequantizer)
 from .actnorm import ActNorm
-from .molecule import MoleculeFlow
+from .molecule import MoleculeFlow, MoleculeFlowConfig
+from .models import FLOW_MODELS, model_config, model_from_config
 
 __all__ = [
     'ENFlow',
+    'ENFlowConfig',
     'EGNNDynamics',
     'VectorField',
     'SolverOptions',
+    'DEFAULT_SOLVER',
+    'EvaluationCount',
     'ADAPTIVE_SOLVERS',
     'FIXED_STEP_SOLVERS',
     'FlowInputs',
@@ -39,4 +43,8 @@ __all__ = [
     'VariationalDequantizer',
     'ActNorm',
     'MoleculeFlow',
+    'MoleculeFlowConfig',
+    'FLOW_MODELS',
+    'model_config',
+    'model_from_config',
 ]

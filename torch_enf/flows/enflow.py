@@ -1,27 +1,36 @@
-import contextlib
+import dataclasses
 import numbers
-from typing import (Any, Iterator, NamedTuple, Optional, Sequence,
-                    Tuple, Union)
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
+from torch_enf.config import Config
 from torch_enf.flows.distributions import CenteredGaussian, NodeGaussian
 from torch_enf.flows.divergence import sample_probe
 from torch_enf.flows.dynamics import EGNNDynamics
-from torch_enf.flows.integrator import (  # noqa: F401 (ODESolveError is
-    AugmentedODE, EvaluationCount, ODESolveError,  # imported from here)
-    SolverOptions, integrate)
+from torch_enf.flows.integrator import (DEFAULT_SOLVER, AugmentedODE,
+                                        EvaluationCount, SolverOptions,
+                                        integrate)
 from torch_enf.flows.vector_field import VectorField, check_graph
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import (center_pos, center_pos_exact,
                              check_batch_vector, check_finite_graphs,
-                             check_node_matrix, check_positive_number,
-                             default_batch, graph_sizes, inputs_checked)
+                             check_node_matrix, check_positive_integer,
+                             check_positive_number, default_batch,
+                             graph_sizes, inputs_checked)
 
 TRACES = ('exact', 'hutchinson')
+r"""The estimators of the Jacobian trace: exact (one vector-Jacobian product
+per probe of a block basis) or Hutchinson's (one product with a random
+probe, fixed during a solve)."""
+
+HUTCHINSON_NOISES = ('rademacher', 'gaussian')
+r"""The distributions of Hutchinson's probe."""
+
+NumNodes = Optional[Union[int, Sequence[int], Tensor]]
 
 
 class FlowResult(NamedTuple):
@@ -69,6 +78,61 @@ class FlowInputs(NamedTuple):
     node_type: Optional[Tensor] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ENFlowConfig(Config):
+    r"""The configuration of an :class:`ENFlow` with the default
+    :class:`EGNNDynamics`: every argument of its constructor but
+    :obj:`dynamics`, checked when built. See :class:`ENFlow` for the
+    meaning of the fields.
+
+    .. code-block:: python
+
+        config = ENFlowConfig(n_dims=3, hidden_channels=32, num_layers=3)
+        flow = ENFlow.from_config(config)
+        assert flow.config() == config
+    """
+    n_dims: int
+    node_channels: int = 0
+    hidden_channels: int = 64
+    num_layers: int = 6
+    edge_inference: bool = True
+    coords_norm: Optional[float] = 1.0
+    coords_range: Optional[float] = 15.0
+    aggr: str = 'add'
+    num_radial: int = 0
+    radial_cutoff: float = 5.0
+    graph: Union[str, float] = 'full'
+    adjoint: bool = True
+    adjoint_seminorm: bool = False
+    hutchinson_noise: str = 'rademacher'
+
+    def __post_init__(self):
+        for name, least in (('n_dims', 1), ('node_channels', 0),
+                            ('hidden_channels', 1), ('num_layers', 1)):
+            _check_integer(getattr(self, name), name, least)
+        for name in ('edge_inference', 'adjoint', 'adjoint_seminorm'):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"'{name}' must be a boolean (got "
+                                 f"{getattr(self, name)!r})")
+        for name in ('coords_norm', 'coords_range'):
+            if getattr(self, name) is not None:
+                check_positive_number(getattr(self, name), name)
+        if self.aggr not in ('add', 'mean'):
+            raise ValueError(f"'aggr' must be 'add' or 'mean' (got "
+                             f"{self.aggr!r})")
+        if isinstance(self.num_radial, bool) or \
+                not isinstance(self.num_radial, int) or \
+                self.num_radial < 0 or self.num_radial == 1:
+            raise ValueError(f"'num_radial' must be 0 or an integer of at "
+                             f"least 2 (got {self.num_radial!r})")
+        check_positive_number(self.radial_cutoff, 'radial_cutoff')
+        object.__setattr__(self, 'graph', check_graph(self.graph))
+        if self.hutchinson_noise not in HUTCHINSON_NOISES:
+            raise ValueError(f"'hutchinson_noise' must be one of "
+                             f"{HUTCHINSON_NOISES} (got "
+                             f"{self.hutchinson_noise!r})")
+
+
 class ENFlow(torch.nn.Module):
     r"""The E(n) equivariant normalizing flow (E-NF) from the
     `"E(n) Equivariant Normalizing Flows"
@@ -92,17 +156,31 @@ class ENFlow(torch.nn.Module):
     :math:`(M - 1) n`-dimensional centred subspace. Because :math:`f` is
     translation invariant and its position part centred, the trace over all
     coordinates equals the trace restricted to that subspace. The trace is
-    exact (from one vector-Jacobian product per probe of a block basis, for
-    evaluation) or Hutchinson's estimate with a probe fixed during a solve
-    (for training). The density
-    is invariant to rotations, reflections, translations and node
-    permutations.
+    exact (from one vector-Jacobian product per probe of a block basis) or
+    Hutchinson's estimate with a probe fixed during a solve (cheaper, for
+    training). The density is invariant to rotations, reflections,
+    translations and node permutations.
+
+    Every solving method (:meth:`log_prob`, :meth:`encode`, :meth:`decode`,
+    :meth:`sample`, :meth:`sample_with_log_prob`) takes the ODE solver of
+    the call as :obj:`solver` (a :class:`SolverOptions`; :obj:`None` is
+    :obj:`DEFAULT_SOLVER`, dopri5 at :math:`10^{-5}`, in training and
+    evaluation mode alike) and an :class:`EvaluationCount` as
+    :obj:`counter`, to which the solve adds its vector-field evaluations:
+
+    .. code-block:: python
+
+        counter = EvaluationCount()
+        samples = flow.sample(100, 13, counter=counter,
+                              solver=SolverOptions('midpoint', num_steps=50))
+        counter.value  # 100 evaluations
 
     The flow is trained by maximum likelihood
     (:class:`~torch_enf.objectives.MaximumLikelihood`) or by flow matching
     (:class:`~torch_enf.objectives.FlowMatching`, which regresses
     :meth:`velocity` and needs no ODE solve); either way :meth:`log_prob`
-    and :meth:`sample` are the same.
+    and :meth:`sample` are the same. A flow with the default dynamics is
+    described by its :meth:`config` and rebuilt by :meth:`from_config`.
 
     Args:
         n_dims (int): The dimension :math:`n` of the positions.
@@ -114,7 +192,8 @@ class ENFlow(torch.nn.Module):
         num_layers (int, optional): Depth of the default EGNN dynamics.
             (default: :obj:`6`)
         dynamics (torch.nn.Module, optional): A custom vector field with the
-            interface of :class:`EGNNDynamics`; replaces the default one.
+            interface of :class:`EGNNDynamics`; replaces the default one
+            (and the flow has no :meth:`config`).
         edge_inference (bool, optional): Soft edge inference in the default
             dynamics. (default: :obj:`True`)
         coords_norm (float, optional): See :class:`EGNNDynamics`.
@@ -130,20 +209,6 @@ class ENFlow(torch.nn.Module):
         graph (str or float, optional): :obj:`"full"` for fully connected
             graphs, or a cutoff radius for radius graphs rebuilt at every
             evaluation. (default: :obj:`"full"`)
-        solver (str, optional): A :obj:`torchdiffeq` method, adaptive
-            (*e.g.* :obj:`"dopri5"`) or fixed-step (*e.g.* :obj:`"euler"`,
-            :obj:`"midpoint"`, :obj:`"rk4"`, which need :obj:`num_steps`).
-            (default: :obj:`"dopri5"`)
-        rtol (float, optional): Relative tolerance in training mode.
-            (default: :obj:`1e-4`)
-        atol (float, optional): Absolute tolerance in training mode.
-            (default: :obj:`1e-4`)
-        eval_rtol (float, optional): Relative tolerance in evaluation mode.
-            (default: :obj:`1e-5`)
-        eval_atol (float, optional): Absolute tolerance in evaluation mode.
-            (default: :obj:`1e-5`)
-        num_steps (int, optional): Equal steps over :math:`[0, 1]` of a
-            fixed-step solver. (default: :obj:`None`)
         adjoint (bool, optional): Back-propagate with the adjoint method
             (constant memory) instead of through the solver.
             (default: :obj:`True`)
@@ -151,12 +216,11 @@ class ENFlow(torch.nn.Module):
             adjoint solve on the state and its adjoint only, not on the
             parameter gradients, which needs far fewer backward evaluations
             (Kidger et al., 2021). (default: :obj:`False`)
-        max_num_steps (int, optional): Upper bound on the steps of one
-            adaptive solve; beyond it :class:`ODESolveError` is raised
-            instead of running on. (default: :obj:`10000`)
         hutchinson_noise (str, optional): :obj:`"rademacher"` or
             :obj:`"gaussian"`. (default: :obj:`"rademacher"`)
     """
+    config_class = ENFlowConfig
+
     def __init__(
         self,
         n_dims: int,
@@ -172,29 +236,17 @@ class ENFlow(torch.nn.Module):
         num_radial: int = 0,
         radial_cutoff: float = 5.0,
         graph: Union[str, float] = 'full',
-        solver: str = 'dopri5',
-        rtol: float = 1e-4,
-        atol: float = 1e-4,
-        eval_rtol: float = 1e-5,
-        eval_atol: float = 1e-5,
-        num_steps: Optional[int] = None,
         adjoint: bool = True,
         adjoint_seminorm: bool = False,
-        max_num_steps: int = 10000,
         hutchinson_noise: str = 'rademacher',
     ):
         super().__init__()
-        for name, value, least in (('n_dims', n_dims, 1),
-                                   ('node_channels', node_channels, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or \
-                    value < least:
-                raise ValueError(f"'{name}' must be an integer of at least "
-                                 f"{least} (got {value!r})")
-        sample_probe(torch.zeros(1), hutchinson_noise)  # validates the kind
-        self.train_options = SolverOptions(solver, rtol, atol, num_steps,
-                                           max_num_steps)
-        self.eval_options = SolverOptions(solver, eval_rtol, eval_atol,
-                                          num_steps, max_num_steps)
+        config = ENFlowConfig(n_dims, node_channels, hidden_channels,
+                              num_layers, edge_inference, coords_norm,
+                              coords_range, aggr, num_radial, radial_cutoff,
+                              graph, adjoint, adjoint_seminorm,
+                              hutchinson_noise)
+        self._architecture = None if dynamics is not None else config
         self.n_dims = n_dims
         self.node_channels = node_channels
         if dynamics is None:
@@ -204,14 +256,41 @@ class ENFlow(torch.nn.Module):
                                     coords_range=coords_range, aggr=aggr,
                                     num_radial=num_radial,
                                     radial_cutoff=radial_cutoff)
-        self.vector_field = VectorField(dynamics, check_graph(graph))
+        self.vector_field = VectorField(dynamics, config.graph)
         self.adjoint = adjoint
         self.adjoint_seminorm = adjoint_seminorm
         self.hutchinson_noise = hutchinson_noise
         self.pos_prior = CenteredGaussian(n_dims)
         self.h_prior = NodeGaussian(node_channels)
-        self._evaluations = EvaluationCount()
         self._register_load_state_dict_pre_hook(_upgrade_state_dict)
+
+    @classmethod
+    def from_config(cls, config: ENFlowConfig) -> 'ENFlow':
+        r"""A fresh flow (new random parameters) of :obj:`config`; load a
+        state dict to restore a trained one."""
+        if not isinstance(config, ENFlowConfig):
+            raise ValueError(f"'config' must be an ENFlowConfig (got "
+                             f"{type(config).__name__})")
+        fields = {field.name: getattr(config, field.name)
+                  for field in dataclasses.fields(config)}
+        return cls(**fields)
+
+    def config(self) -> ENFlowConfig:
+        r"""The configuration this flow is built from (with its current
+        :obj:`adjoint`, :obj:`adjoint_seminorm` and
+        :obj:`hutchinson_noise`).
+
+        Raises:
+            ValueError: If the flow was built with a custom
+                :obj:`dynamics`, which no configuration describes.
+        """
+        if self._architecture is None:
+            raise ValueError(f'This flow was built with custom dynamics '
+                             f'({type(self.dynamics).__name__}), which no '
+                             f'ENFlowConfig describes')
+        return self._architecture.replace(
+            adjoint=self.adjoint, adjoint_seminorm=self.adjoint_seminorm,
+            hutchinson_noise=self.hutchinson_noise)
 
     @property
     def dynamics(self) -> torch.nn.Module:
@@ -227,69 +306,51 @@ class ENFlow(torch.nn.Module):
         r"""Resets all learnable parameters of the module."""
         self.vector_field.reset_parameters()
 
-    @property
-    def num_evals(self) -> int:
-        r"""The number of vector-field evaluations of the last solve (the
-        backward pass of the adjoint method counts too)."""
-        return self._evaluations.value
-
-    @contextlib.contextmanager
-    def ode_options(self, **changes: Any) -> Iterator['ENFlow']:
-        r"""Changes the solver options of training and evaluation for the
-        duration of a :obj:`with` block, *e.g.* a fixed-step sampler::
-
-            with flow.ode_options(method='midpoint', num_steps=50):
-                samples = flow.sample(19, 1000)
-
-        Args:
-            **changes: Fields of :class:`SolverOptions` (:obj:`method`,
-                :obj:`rtol`, :obj:`atol`, :obj:`num_steps`,
-                :obj:`max_num_steps`, :obj:`max_num_evals`), checked before
-                the block runs.
-        """
-        saved = self.train_options, self.eval_options
-        updated = tuple(options.update(**changes) for options in saved)
-        self.train_options, self.eval_options = updated
-        try:
-            yield self
-        finally:
-            self.train_options, self.eval_options = saved
-
     # Public API ------------------------------------------------------------
 
-    def forward(self, data: Union[Data, Batch], trace: Optional[str] = None,
-                return_regularization: bool = False
+    def forward(self, data: Union[Data, Batch], trace: str = 'exact', *,
+                solver: Optional[SolverOptions] = None,
+                return_regularization: bool = False,
+                counter: Optional[EvaluationCount] = None
                 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""Alias of :meth:`log_prob`, so that hooks and
         :class:`~torch.nn.parallel.DistributedDataParallel` wrap the flow
         directly."""
-        return self.log_prob(data, trace, return_regularization)
+        return self.log_prob(data, trace, solver=solver,
+                             return_regularization=return_regularization,
+                             counter=counter)
 
-    def log_prob(self, data: Union[Data, Batch], trace: Optional[str] = None,
-                 return_regularization: bool = False
+    def log_prob(self, data: Union[Data, Batch], trace: str = 'exact', *,
+                 solver: Optional[SolverOptions] = None,
+                 return_regularization: bool = False,
+                 counter: Optional[EvaluationCount] = None
                  ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""The log-density :math:`\log p(\mathbf{x}, \mathbf{h})` of every
         graph, in nats on the centred subspace.
 
         Args:
-            data (torch_geometric.data.Data or Batch): Graphs with
-                :obj:`pos` of shape :obj:`[N, n]` and, when
+            data (torch_geometric.data.Data or Batch): Graphs of at least two
+                nodes with :obj:`pos` of shape :obj:`[N, n]` and, when
                 :obj:`node_channels > 0`, :obj:`h` of shape :obj:`[N, F]`.
                 Positions need not be centred: the density is translation
                 invariant.
             trace (str, optional): :obj:`"exact"` or :obj:`"hutchinson"`.
-                (default: :obj:`None`: Hutchinson in training mode, exact in
-                evaluation mode)
+                (default: :obj:`"exact"`)
+            solver (SolverOptions, optional): The ODE solver.
+                (default: :obj:`DEFAULT_SOLVER`)
             return_regularization (bool, optional): Also return the
                 integrated kinetic energy plus Jacobian Frobenius norm per
                 graph, for regularised training. (default: :obj:`False`)
+            counter (EvaluationCount, optional): Counts the vector-field
+                evaluations of the solve and of its adjoint backward pass.
 
         Returns:
             torch.Tensor: Shape :obj:`[num_graphs]`, or a tuple with the
             regulariser of the same shape.
         """
-        result = self.encode(data, trace=trace,
-                             regularize=return_regularization)
+        result = self.encode(data, trace=_check_trace(trace), solver=solver,
+                             regularize=return_regularization,
+                             counter=counter)
         log_prob = self.base_log_prob(result) + result.log_det
         if return_regularization:
             return log_prob, result.regularization
@@ -305,37 +366,46 @@ class ENFlow(torch.nn.Module):
                                               latent.num_graphs)
         return out
 
-    def encode(self, data: Union[Data, Batch], trace: Optional[str] = None,
-               regularize: bool = False, end_time: float = 1.0
-               ) -> FlowResult:
+    def encode(self, data: Union[Data, Batch], *,
+               trace: Optional[str] = 'exact',
+               solver: Optional[SolverOptions] = None,
+               regularize: bool = False, end_time: float = 1.0,
+               counter: Optional[EvaluationCount] = None) -> FlowResult:
         r"""Maps data to latents (:math:`t: 0 \to 1`) and accumulates
         :math:`\log |\det \partial \mathbf{z} / \partial \mathbf{x}|` per
-        graph (see :class:`FlowResult`). With :obj:`end_time`
-        :math:`s < 1` the solve stops at :math:`t = s` (a fixed-step solver
-        takes its :obj:`num_steps` on :math:`[0, s]`)."""
+        graph with the :obj:`trace` (:obj:`"exact"`, :obj:`"hutchinson"`,
+        or :obj:`None` for none; see :class:`FlowResult`). With
+        :obj:`end_time` :math:`s < 1` the solve stops at :math:`t = s` (a
+        fixed-step solver takes its :obj:`num_steps` on :math:`[0, s]`).
+        :obj:`solver` and :obj:`counter` are as in :meth:`log_prob`."""
         end_time = _check_time(end_time, 'end_time')
         inputs = self.flow_inputs(data)
-        trace = self._resolve_trace(trace)
         return self._solve(inputs.pos, inputs.h, inputs.batch,
-                           inputs.num_graphs, 0.0, end_time, trace,
-                           regularize)
+                           inputs.num_graphs, 0.0, end_time,
+                           _check_trace(trace, optional=True), regularize,
+                           solver, counter)
 
     def decode(self, pos: Tensor, h: Optional[Tensor] = None,
-               batch: Optional[Tensor] = None, trace: Optional[str] = None,
-               start_time: float = 1.0) -> FlowResult:
-        r"""Maps latents back to data (:math:`t: 1 \to 0`). With a
-        :obj:`trace`, :obj:`log_det` holds
+               batch: Optional[Tensor] = None, *,
+               trace: Optional[str] = None,
+               solver: Optional[SolverOptions] = None,
+               start_time: float = 1.0,
+               counter: Optional[EvaluationCount] = None) -> FlowResult:
+        r"""Maps latents :obj:`pos` :obj:`[N, n]` and :obj:`h`
+        :obj:`[N, F]` of the graphs of :obj:`batch` :obj:`[N]` back to data
+        (:math:`t: 1 \to 0`). With a :obj:`trace`, :obj:`log_det` holds
         :math:`\log |\det \partial \mathbf{x} / \partial \mathbf{z}|`.
         With :obj:`start_time` :math:`s < 1`, :obj:`(pos, h)` is a state
         of the flow at :math:`t = s` (*e.g.* data noised along the paths of
         :class:`~torch_enf.objectives.FlowMatching`), carried to
-        :math:`t = 0`."""
+        :math:`t = 0`. :obj:`solver` and :obj:`counter` are as in
+        :meth:`log_prob`."""
         start_time = _check_time(start_time, 'start_time')
         pos, h, batch, num_graphs = self._check(pos, h, batch)
-        if trace is not None:
-            trace = self._resolve_trace(trace)
         return self._solve(center_pos_exact(pos, batch, num_graphs), h,
-                           batch, num_graphs, start_time, 0.0, trace, False)
+                           batch, num_graphs, start_time, 0.0,
+                           _check_trace(trace, optional=True), False,
+                           solver, counter)
 
     def flow_inputs(self, data: Union[Data, Batch]) -> FlowInputs:
         r"""The checked, centred positions and the features of
@@ -367,11 +437,12 @@ class ENFlow(torch.nn.Module):
                 self.h_prior.sample(batch, generator, dtype))
 
     @torch.no_grad()
-    def sample(self, num_nodes: Union[int, Sequence[int], Tensor],
-               num_samples: Optional[int] = None,
+    def sample(self, num_samples: int, num_nodes: NumNodes, *,
                generator: Optional[torch.Generator] = None,
-               batch_size: Optional[int] = None,
-               progress: bool = False, temperature: float = 1.0) -> Batch:
+               batch_size: Optional[int] = None, progress: bool = False,
+               temperature: float = 1.0,
+               solver: Optional[SolverOptions] = None,
+               counter: Optional[EvaluationCount] = None) -> Batch:
         r"""Draws graphs from the flow: latents :math:`\tau \mathbf{z}`,
         :math:`\mathbf{z}` from the base distribution, carried to the data
         by the inverse map.
@@ -382,10 +453,11 @@ class ENFlow(torch.nn.Module):
         density exactly. :math:`\tau = 1` samples the model.
 
         Args:
+            num_samples (int): The number of graphs.
             num_nodes (int, list or torch.Tensor): The number of nodes of
-                every graph, or one size for all :obj:`num_samples` graphs.
-            num_samples (int, optional): The number of graphs when
-                :obj:`num_nodes` is a single size. (default: :obj:`1`)
+                every graph: one size for all, or :obj:`num_samples` sizes.
+                A flow has no distribution of sizes, so :obj:`None` is
+                refused (see :meth:`MoleculeFlow.sample`).
             generator (torch.Generator, optional): Source of the base noise.
             batch_size (int, optional): Graphs per ODE solve (all at once
                 by default); bounds the memory of large draws.
@@ -393,24 +465,31 @@ class ENFlow(torch.nn.Module):
                 (default: :obj:`False`)
             temperature (float, optional): The scale :math:`\tau > 0` of
                 the latents. (default: :obj:`1.0`)
+            solver (SolverOptions, optional): The ODE solver.
+                (default: :obj:`DEFAULT_SOLVER`)
+            counter (EvaluationCount, optional): Counts the vector-field
+                evaluations of all solves.
 
         Returns:
             torch_geometric.data.Batch: Graphs with :obj:`pos` (centred) and,
             when :obj:`node_channels > 0`, :obj:`h`.
         """
         check_positive_number(temperature, 'temperature')
-        return self._sample(num_nodes, num_samples, generator, batch_size,
-                            progress, trace=None, temperature=temperature)[0]
+        return self._sample(num_samples, num_nodes, generator, batch_size,
+                            progress, None, temperature, solver, counter)[0]
 
     @torch.no_grad()
     def sample_with_log_prob(
         self,
-        num_nodes: Union[int, Sequence[int], Tensor],
-        num_samples: Optional[int] = None,
+        num_samples: int,
+        num_nodes: NumNodes,
+        *,
         generator: Optional[torch.Generator] = None,
         batch_size: Optional[int] = None,
         progress: bool = False,
         trace: str = 'exact',
+        solver: Optional[SolverOptions] = None,
+        counter: Optional[EvaluationCount] = None,
     ) -> Tuple[Batch, Tensor]:
         r"""Draws graphs as :meth:`sample` does, with the log-density of
         each under the flow,
@@ -424,20 +503,24 @@ class ENFlow(torch.nn.Module):
 
         Returns:
             :obj:`(samples, log_prob)`, the second of shape
-            :obj:`[num_graphs]`.
+            :obj:`[num_samples]`.
         """
-        return self._sample(num_nodes, num_samples, generator, batch_size,
-                            progress, self._resolve_trace(trace))
+        return self._sample(num_samples, num_nodes, generator, batch_size,
+                            progress, _check_trace(trace), 1.0, solver,
+                            counter)
 
     # Internals -------------------------------------------------------------
 
-    def _sample(self, num_nodes: Union[int, Sequence[int], Tensor],
-                num_samples: Optional[int],
+    def _sample(self, num_samples: int, num_nodes: NumNodes,
                 generator: Optional[torch.Generator],
                 batch_size: Optional[int], progress: bool,
-                trace: Optional[str], temperature: float = 1.0
+                trace: Optional[str], temperature: float,
+                solver: Optional[SolverOptions],
+                counter: Optional[EvaluationCount]
                 ) -> Tuple[Batch, Optional[Tensor]]:
-        sizes = self._sample_sizes(num_nodes, num_samples)
+        sizes = sample_sizes(num_samples, num_nodes, self._device())
+        if batch_size is not None:
+            check_positive_integer(batch_size, 'batch_size')
         data_list, log_probs = [], []
         with tqdm(total=sizes.numel(), desc='sampling', leave=False,
                   disable=not progress) as bar:
@@ -447,7 +530,8 @@ class ENFlow(torch.nn.Module):
                 z_pos, z_h = (temperature * z for z in self.sample_base(
                     batch, chunk.numel(), generator))
                 out = self.decode(z_pos, z_h if self.node_channels > 0
-                                  else None, batch, trace=trace)
+                                  else None, batch, trace=trace,
+                                  solver=solver, counter=counter)
                 if trace is not None:
                     base = self.base_log_prob(FlowResult(
                         z_pos, z_h, None, None, batch, chunk.numel()))
@@ -463,8 +547,10 @@ class ENFlow(torch.nn.Module):
                 torch.cat(log_probs) if trace is not None else None)
 
     def _solve(self, pos: Tensor, h: Tensor, batch: Tensor, num_graphs: int,
-               t0: float, t1: float, trace: Optional[str],
-               regularize: bool) -> FlowResult:
+               t0: float, t1: float, trace: Optional[str], regularize: bool,
+               solver: Optional[SolverOptions] = None,
+               counter: Optional[EvaluationCount] = None) -> FlowResult:
+        solver = _check_solver(solver)
         nodes = [pos, h] if self.node_channels > 0 else [pos]
         probe = None
         if trace == 'hutchinson' or regularize:
@@ -473,14 +559,12 @@ class ENFlow(torch.nn.Module):
         edge_index = full_edge_index(batch, num_graphs) \
             if self.graph == 'full' else None
         func = AugmentedODE(self.vector_field, nodes, batch, num_graphs,
-                            trace, probe, regularize, edge_index)
+                            trace, probe, regularize, edge_index, counter)
         zeros = pos.new_zeros(num_graphs)
         state = nodes + [zeros] * (int(trace is not None) + int(regularize))
-        options = self.train_options if self.training else self.eval_options
-        self._evaluations = func.evaluations
         with inputs_checked():  # checked by _check; no syncs per step
             final = integrate(
-                func, state, t0, t1, options,
+                func, state, t0, t1, solver,
                 tuple(self.parameters()) if self.adjoint else None,
                 self.adjoint_seminorm)
         k = len(nodes)
@@ -492,19 +576,14 @@ class ENFlow(torch.nn.Module):
             pos.size(0), 0)
         return FlowResult(final[0], h_out, log_det, reg, batch, num_graphs)
 
-    def _resolve_trace(self, trace: Optional[str]) -> str:
-        if trace is None:
-            return 'hutchinson' if self.training else 'exact'
-        if trace not in TRACES:
-            raise ValueError(f"'trace' must be one of {TRACES} (got "
-                             f"'{trace}')")
-        return trace
-
     def _read(self, data: Union[Data, Batch]
               ) -> Tuple[Tensor, Tensor, Tensor, int]:
         if getattr(data, 'pos', None) is None:
             raise ValueError("The input graphs have no 'pos' attribute")
         h = getattr(data, 'h', None) if self.node_channels > 0 else None
+        sizes = stored_graph_sizes(data)
+        if sizes is not None:
+            check_graph_sizes(sizes)
         return self._check(data.pos, h, getattr(data, 'batch', None))
 
     def _check(self, pos: Tensor, h: Optional[Tensor],
@@ -516,15 +595,8 @@ class ENFlow(torch.nn.Module):
             batch = default_batch(pos.size(0), pos.device)
         check_batch_vector(batch, pos.size(0))
         num_graphs = int(batch[-1]) + 1 if batch.numel() > 0 else 0
-        if num_graphs == 0:
-            raise ValueError('The input holds no graphs')
+        check_graph_sizes(graph_sizes(batch, num_graphs))
         check_finite_graphs(pos, batch, num_graphs, 'pos')
-        sizes = graph_sizes(batch, num_graphs)
-        if bool((sizes < 2).any()):
-            small = torch.nonzero(sizes < 2).view(-1).tolist()
-            raise ValueError(f'Graphs {small[:10]} have fewer than 2 nodes: '
-                             f'the density on the centred subspace is '
-                             f'undefined for them')
         if self.node_channels > 0:
             if h is None:
                 raise ValueError(f"The flow expects node features 'h' with "
@@ -536,30 +608,6 @@ class ENFlow(torch.nn.Module):
             h = pos.new_zeros(pos.size(0), 0)
         dtype = self._dtype()
         return pos.to(dtype), h.to(dtype), batch, num_graphs
-
-    def _sample_sizes(self, num_nodes: Union[int, Sequence[int], Tensor],
-                      num_samples: Optional[int]) -> Tensor:
-        device = self._device()
-        if _is_integer_scalar(num_nodes):
-            count = 1 if num_samples is None else num_samples
-            if not _is_integer_scalar(count) or int(count) < 1:
-                raise ValueError(f"'num_samples' must be a positive integer "
-                                 f"(got {num_samples!r})")
-            sizes = torch.full((int(count), ), int(num_nodes),
-                               dtype=torch.long, device=device)
-        else:
-            if num_samples is not None:
-                raise ValueError("'num_samples' goes with a single "
-                                 "'num_nodes'; got a list of sizes as well")
-            sizes = torch.as_tensor(num_nodes, device=device).view(-1)
-            if sizes.is_floating_point() or sizes.dtype == torch.bool:
-                raise ValueError(f"'num_nodes' must hold integers (got "
-                                 f"{sizes.tolist()[:10]})")
-            sizes = sizes.long()
-        if sizes.numel() == 0 or bool((sizes < 2).any()):
-            raise ValueError(f'Every sampled graph needs at least 2 nodes '
-                             f'(got sizes {sizes.tolist()[:10]})')
-        return sizes
 
     def _dtype(self) -> torch.dtype:
         tensor = next(self.parameters(), None)
@@ -581,7 +629,98 @@ class ENFlow(torch.nn.Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(n_dims={self.n_dims}, '
                 f'node_channels={self.node_channels}, graph={self.graph}, '
-                f'solver={self.eval_options.method}, adjoint={self.adjoint})')
+                f'adjoint={self.adjoint})')
+
+
+def stored_graph_sizes(data: Union[Data, Batch]) -> Optional[Tensor]:
+    r"""The number of nodes of every graph of a
+    :class:`~torch_geometric.data.Batch`, empty graphs included, from its
+    :obj:`ptr` (the :obj:`batch` vector cannot show empty graphs);
+    :obj:`None` for other inputs."""
+    ptr = getattr(data, 'ptr', None) if isinstance(data, Batch) else None
+    return None if ptr is None else ptr.diff()
+
+
+def check_graph_sizes(sizes: Tensor) -> None:
+    r"""Checks that every graph of :obj:`sizes` :obj:`[num_graphs]` has at
+    least two nodes.
+
+    Raises:
+        ValueError: If there are no graphs, or naming the first graphs with
+            fewer than two nodes (empty ones included): the density on the
+            centred subspace is undefined for them.
+    """
+    if sizes.numel() == 0:
+        raise ValueError('The input holds no graphs')
+    if bool((sizes < 2).any()):
+        small = torch.nonzero(sizes < 2).view(-1)[:10]
+        raise ValueError(f'Graphs {small.tolist()} have fewer than 2 nodes '
+                         f'(sizes {sizes[small].tolist()}): the density on '
+                         f'the centred subspace is undefined for them')
+
+
+def sample_sizes(num_samples: int, num_nodes: NumNodes,
+                 device: torch.device) -> Tensor:
+    r"""The number of nodes of each of :obj:`num_samples` graphs to draw,
+    from one size for all or a sequence of :obj:`num_samples` sizes, as a
+    :obj:`LongTensor` on :obj:`device`.
+
+    Raises:
+        ValueError: If :obj:`num_samples` is not a positive integer, the
+            sizes are missing, not integers, of another count, or below 2.
+    """
+    if not _is_integer_scalar(num_samples) or int(num_samples) < 1:
+        raise ValueError(f"'num_samples' must be a positive integer (got "
+                         f"{num_samples!r})")
+    num_samples = int(num_samples)
+    if num_nodes is None:
+        raise ValueError("'num_nodes' is None, but a flow without an "
+                         "atom-count distribution needs the sizes of the "
+                         "graphs to draw (one size or one per graph)")
+    if _is_integer_scalar(num_nodes):
+        sizes = torch.full((num_samples, ), int(num_nodes),
+                           dtype=torch.long, device=device)
+    else:
+        sizes = torch.as_tensor(num_nodes, device=device).view(-1)
+        if sizes.is_floating_point() or sizes.dtype == torch.bool:
+            raise ValueError(f"'num_nodes' must hold integers (got "
+                             f"{sizes.tolist()[:10]})")
+        if sizes.numel() != num_samples:
+            raise ValueError(f"'num_nodes' must be one size or "
+                             f"'num_samples'={num_samples} sizes (got "
+                             f"{sizes.numel()})")
+        sizes = sizes.long()
+    if bool((sizes < 2).any()):
+        raise ValueError(f"Every sampled graph needs at least 2 nodes (got "
+                         f"'num_nodes' {sizes.tolist()[:10]})")
+    return sizes
+
+
+def _check_trace(trace: Optional[str], optional: bool = False
+                 ) -> Optional[str]:
+    if trace is None and optional:
+        return None
+    if trace not in TRACES:
+        expected = TRACES + ((None, ) if optional else ())
+        raise ValueError(f"'trace' must be one of {expected} (got "
+                         f"{trace!r})")
+    return trace
+
+
+def _check_solver(solver: Optional[SolverOptions]) -> SolverOptions:
+    if solver is None:
+        return DEFAULT_SOLVER
+    if not isinstance(solver, SolverOptions):
+        raise ValueError(f"'solver' must be a SolverOptions or None (got "
+                         f"{type(solver).__name__})")
+    return solver
+
+
+def _check_integer(value: Any, name: str, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            value < least:
+        raise ValueError(f"'{name}' must be an integer of at least {least} "
+                         f"(got {value!r})")
 
 
 def _check_time(time: float, name: str) -> float:

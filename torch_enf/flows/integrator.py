@@ -2,41 +2,47 @@ r"""ODE integration of the flows: solver options validated in one place, the
 augmented right-hand side (state, Jacobian trace, regularisers) and the solve
 with :obj:`torchdiffeq`, forward or adjoint."""
 import collections
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import (Any, Callable, Deque, Dict, List, Optional, Sequence,
                     Tuple)
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint, odeint_adjoint
-from torchdiffeq._impl.odeint import SOLVERS
-from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver
 
+from torch_enf.config import Config
 from torch_enf.flows.divergence import (diagonal_basis, exact_divergence,
                                         hutchinson_divergence)
 from torch_enf.utils import (check_positive_integer, check_positive_number,
                              scatter_sum)
 
-ADAPTIVE_SOLVERS = tuple(name for name, cls in SOLVERS.items()
-                         if issubclass(cls, AdaptiveStepsizeODESolver))
+ADAPTIVE_SOLVERS = ('dopri8', 'dopri5', 'bosh3', 'fehlberg2',
+                    'adaptive_heun')
 r"""The adaptive-step solvers of :obj:`torchdiffeq` (:obj:`rtol`,
 :obj:`atol`, :obj:`max_num_steps`)."""
+
+FIXED_STEP_SOLVERS = ('euler', 'midpoint', 'heun2', 'heun3', 'rk4',
+                      'explicit_adams', 'implicit_adams', 'fixed_adams')
+r"""The fixed-grid solvers of :obj:`torchdiffeq` (:obj:`num_steps`)."""
 
 STATE_BOUND = 1e8
 r"""A state beyond this magnitude counts as diverged."""
 
-MIN_RELATIVE_STEP = 1e-5
-r"""An adaptive solve whose step (the spread of the last
-:obj:`STEP_WINDOW` evaluation times) falls below this fraction of the
-interval is reported as diverged."""
+EVALUATIONS_PER_STEP = {'dopri8': 14, 'dopri5': 7, 'bosh3': 4,
+                        'fehlberg2': 3, 'adaptive_heun': 2}
+r"""An upper bound of the vector-field evaluations of one step (accepted or
+rejected) of every adaptive solver: its stages plus one."""
 
-STEP_WINDOW = 16
+STEP_WINDOW = 64
+r"""The number of evaluations over which the pace of an adaptive solve is
+measured."""
+
 STALL_AFTER_EVALS = 200
+r"""Evaluations before the pace of an adaptive solve is first judged."""
 
-FIXED_STEP_SOLVERS = tuple(name for name in SOLVERS
-                           if name not in ADAPTIVE_SOLVERS
-                           and name != 'scipy_solver')
-r"""The fixed-grid solvers of :obj:`torchdiffeq` (:obj:`num_steps`)."""
+MIN_RELATIVE_PACE = 1e-6
+r"""The least progress per evaluation, as a fraction of the interval, of an
+adaptive solve, whatever its step budget."""
 
 
 class ODESolveError(RuntimeError):
@@ -53,8 +59,10 @@ class EvaluationBudgetExceeded(ODESolveError):
 
 
 @dataclass(frozen=True)
-class SolverOptions:
-    r"""How one ODE solve is run; checked when built.
+class SolverOptions(Config):
+    r"""How one ODE solve is run; checked when built. Change a field with
+    :meth:`~torch_enf.config.Config.replace`, *e.g.*
+    :obj:`options.replace(max_num_evals=500)`.
 
     Args:
         method (str): A :obj:`torchdiffeq` solver: adaptive
@@ -101,14 +109,6 @@ class SolverOptions:
         r"""Whether the solver chooses its own steps."""
         return self.method in ADAPTIVE_SOLVERS
 
-    def update(self, **changes: Any) -> 'SolverOptions':
-        r"""A checked copy with some options changed. Switching to an
-        adaptive solver drops :obj:`num_steps`."""
-        if changes.get('method') in ADAPTIVE_SOLVERS and \
-                'num_steps' not in changes:
-            changes['num_steps'] = None
-        return replace(self, **changes)
-
     def odeint_kwargs(self) -> Dict[str, Any]:
         r"""The keyword arguments of :func:`torchdiffeq.odeint`."""
         kwargs: Dict[str, Any] = dict(method=self.method, rtol=self.rtol,
@@ -127,14 +127,36 @@ class SolverOptions:
         return kwargs
 
 
+DEFAULT_SOLVER = SolverOptions()
+r"""The solver of every solve that is given none: :obj:`"dopri5"` at
+:obj:`rtol = atol = 1e-5`."""
+
+
 class EvaluationCount:
-    r"""A running count of the vector-field evaluations of one solve. It is
-    shared with whoever reports the count, because the backward pass of the
-    adjoint method evaluates the field after :func:`integrate` returned."""
+    r"""A counter of vector-field evaluations owned by the caller. Every
+    solving method of the flows takes it as :obj:`counter` and adds the
+    evaluations of its solves to :obj:`value`, including those of the
+    backward pass of the adjoint method, which runs after the method
+    returned:
+
+    .. code-block:: python
+
+        counter = EvaluationCount()
+        loss = -flow.log_prob(data, trace='hutchinson', counter=counter)
+        forward = counter.value
+        loss.mean().backward()  # the adjoint solve counts too
+        backward = counter.value - forward
+
+    Args:
+        value (int, optional): The initial count. (default: :obj:`0`)
+    """
     __slots__ = ('value', )
 
-    def __init__(self) -> None:
-        self.value = 0
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(value={self.value})'
 
 
 class AugmentedODE:
@@ -158,11 +180,14 @@ class AugmentedODE:
             regulariser).
         regularize (bool): Integrate the regulariser.
         edge_index (torch.Tensor, optional): A fixed graph for the solve.
+        counter (EvaluationCount, optional): The caller's count, to which
+            every evaluation is added.
     """
     def __init__(self, field: Callable, nodes: List[Tensor], batch: Tensor,
                  num_graphs: int, trace: Optional[str],
                  probe: Optional[List[Tensor]], regularize: bool,
-                 edge_index: Optional[Tensor] = None):
+                 edge_index: Optional[Tensor] = None,
+                 counter: Optional[EvaluationCount] = None):
         self.field = field
         self.batch = batch
         self.num_graphs = num_graphs
@@ -174,20 +199,29 @@ class AugmentedODE:
         self.basis = diagonal_basis(
             batch, num_graphs, sum(x.size(-1) for x in nodes), nodes[0]) \
             if trace == 'exact' else None
-        self.evaluations = EvaluationCount()
-        self.max_num_evals: Optional[int] = None
+        self.counter = counter
+        self.num_evals = 0
+        self.options = DEFAULT_SOLVER
         self.interval = 1.0
         self.recent_times: Deque[float] = collections.deque(
             maxlen=STEP_WINDOW)
 
+    def start(self, t0: float, t1: float, options: SolverOptions) -> None:
+        r"""Prepares a solve from :obj:`t0` to :obj:`t1` with
+        :obj:`options` (the evaluation budget and the divergence watch)."""
+        self.options = options
+        self.interval = abs(t1 - t0)
+
     def __call__(self, t: Tensor, state: Tuple[Tensor, ...]
                  ) -> Tuple[Tensor, ...]:
-        if self.max_num_evals is not None and \
-                self.num_evals >= self.max_num_evals:
+        budget = self.options.max_num_evals
+        if budget is not None and self.num_evals >= budget:
             raise EvaluationBudgetExceeded(
-                f'The ODE solve used up its budget of {self.max_num_evals} '
+                f'The ODE solve used up its budget of {budget} '
                 f'evaluations of the vector field')
-        self.evaluations.value += 1
+        self.num_evals += 1
+        if self.counter is not None:
+            self.counter.value += 1
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             nodes = [_track(x, create_graph)
@@ -200,19 +234,24 @@ class AugmentedODE:
             extra = [e.detach() for e in extra]
         return tuple(velocities + extra)
 
-    @property
-    def num_evals(self) -> int:
-        r"""The evaluations so far, forward and (adjoint) backward."""
-        return self.evaluations.value
-
     def _watch(self, t: Tensor, nodes: List[Tensor]) -> None:
-        r"""Reports a diverging solve within a few steps: a state beyond
-        :obj:`STATE_BOUND` (or non-finite), or an adaptive step size that
-        collapsed below :obj:`MIN_RELATIVE_STEP` of the interval, which
-        would otherwise run on until :obj:`max_num_steps`."""
+        r"""Reports a diverging solve within a few hundred evaluations: a
+        state beyond :obj:`STATE_BOUND` (or non-finite), or an adaptive solve
+        too slow to ever finish. The pace of an adaptive solve is the spread
+        of its last :obj:`STEP_WINDOW` evaluation times per evaluation; once
+        it falls below
+
+        .. math::
+            \frac{T}{\min(\texttt{max\_num\_steps} \cdot s,\;
+            1 / \texttt{MIN\_RELATIVE\_PACE})}
+
+        for an interval of length :math:`T` and :math:`s` evaluations per
+        step (:obj:`EVALUATIONS_PER_STEP`), the step budget could not carry
+        the solve across the interval, and it would otherwise run on until
+        :obj:`max_num_steps`, for minutes."""
         # One host transfer per evaluation for the time and the bound check,
         # in at least float32 and the time's own precision (a half-precision
-        # state must not round the times that the stall check compares).
+        # state must not round the times that the pace compares).
         inside = torch.stack([(x.detach().abs() < STATE_BOUND).all()
                               for x in nodes]).all()
         dtype = torch.promote_types(t.dtype, torch.float32)
@@ -223,17 +262,26 @@ class AugmentedODE:
                 f'The ODE solve diverged: the state left |x| < '
                 f'{STATE_BOUND:.0e} (or became NaN) at t={time:.4g} after '
                 f'{self.num_evals} evaluations of the vector field')
+        if not self.options.adaptive:
+            return
         self.recent_times.append(time)
-        if len(self.recent_times) == self.recent_times.maxlen and \
-                self.num_evals > STALL_AFTER_EVALS:
-            span = max(self.recent_times) - min(self.recent_times)
-            if span < MIN_RELATIVE_STEP * self.interval:
-                raise ODESolveError(
-                    f'The ODE solve diverged: the step size collapsed to '
-                    f'{span:.2e} at t={time:.4g} after {self.num_evals} '
-                    f'evaluations of the vector field; the field is too '
-                    f'stiff for the tolerances (bound it with coords_range, '
-                    f'loosen the tolerances or use float64)')
+        if len(self.recent_times) < STEP_WINDOW or \
+                self.num_evals <= STALL_AFTER_EVALS:
+            return
+        pace = (max(self.recent_times) - min(self.recent_times)) / \
+            (STEP_WINDOW - 1)
+        per_step = EVALUATIONS_PER_STEP[self.options.method]
+        budget = min(self.options.max_num_steps * per_step,
+                     1 / MIN_RELATIVE_PACE)
+        if pace * budget < self.interval:
+            raise ODESolveError(
+                f'The ODE solve diverged: the step size collapsed to about '
+                f'{pace * per_step:.2e} at t={time:.4g} after '
+                f'{self.num_evals} evaluations of the vector field, too '
+                f'small to cross the interval within max_num_steps='
+                f'{self.options.max_num_steps}; the field is too stiff for '
+                f'the tolerances (bound it with coords_range, loosen the '
+                f'tolerances or use float64)')
 
     def _velocities(self, t: Tensor, nodes: List[Tensor]) -> List[Tensor]:
         pos = nodes[0]
@@ -286,8 +334,7 @@ def integrate(func: AugmentedODE, state: Sequence[Tensor], t0: float,
     """
     times = torch.tensor([t0, t1], dtype=state[0].dtype,
                          device=state[0].device)
-    func.interval = abs(t1 - t0)
-    func.max_num_evals = options.max_num_evals
+    func.start(t0, t1, options)
     kwargs = options.odeint_kwargs()
     try:
         if adjoint_params is not None and torch.is_grad_enabled():
