@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from torch_enf.flows import (DEQUANTIZERS, Dequantizer, ENFlow, MoleculeFlow,
-                             NodeCountDistribution, UniformDequantizer,
-                             register_dequantizer)
-from torch_enf.objectives import (OBJECTIVES, FlowMatching, MaximumLikelihood,
-                                  Objective, align_base_samples, kabsch,
-                                  match_graphs, objective_from_name,
+                             NodeCountDistribution, SolverOptions,
+                             UniformDequantizer, register_dequantizer)
+from torch_enf.objectives import (OBJECTIVES, TRAINING_SOLVER, FlowMatching,
+                                  MaximumLikelihood, Objective,
+                                  align_base_samples, kabsch, match_graphs,
+                                  objective_from_config, objective_from_name,
                                   optimal_permutation, register_objective,
                                   transport_cost)
 from torch_enf.utils import center_pos
@@ -242,7 +243,7 @@ def test_flow_matching_trains_the_likelihood():
     flow.eval()
     after = float(-flow.log_prob(test).mean())
     assert after < before - 3.0, (before, after)
-    samples = flow.sample(3, 100)
+    samples = flow.sample(100, 3)
     sides = (samples.pos.view(100, 3, 1, 2) -
              samples.pos.view(100, 1, 3, 2)).norm(dim=-1)
     # Most sampled triangles have sides close to the data's 1.73.
@@ -308,15 +309,27 @@ def test_maximum_likelihood_is_the_negative_log_prob(generator):
     pos, _, batch = mixed_batch([3, 4], 2, generator)
     data = Data(pos=pos, batch=batch)
     torch.testing.assert_close(MaximumLikelihood(trace='exact')(flow, data),
-                               -flow.log_prob(data, trace='exact'))
+                               -flow.log_prob(data, solver=TRAINING_SOLVER))
+    # The objective's own solver, in either mode of the model.
+    euler = SolverOptions('euler', num_steps=3)
+    for mode in (True, False):
+        torch.testing.assert_close(
+            MaximumLikelihood(trace='exact', solver=euler)(
+                flow.train(mode), data),
+            -flow.log_prob(data, solver=euler), rtol=0, atol=0)
+    assert not torch.allclose(-flow.log_prob(data, solver=euler),
+                              -flow.log_prob(data))
     torch.manual_seed(1)
     log_prob, reg = flow.log_prob(data, trace='hutchinson',
+                                  solver=TRAINING_SOLVER,
                                   return_regularization=True)
     torch.manual_seed(1)
     loss = MaximumLikelihood(0.5)(flow, data)
     torch.testing.assert_close(loss, -log_prob + 0.5 * reg)
     with pytest.raises(ValueError):
         MaximumLikelihood(-1.0)
+    with pytest.raises(ValueError, match="'solver' must be a SolverOptions"):
+        MaximumLikelihood(solver=dict(rtol=1e-4))
 
 
 def test_objective_registry():
@@ -329,6 +342,10 @@ def test_objective_registry():
     assert 'FlowMatching(sigma=0.1' in repr(objective)
     with pytest.raises(ValueError, match="Unknown objective 'kl'"):
         objective_from_name('kl')
+    with pytest.raises(ValueError, match=r"Unknown objective 'kl' \(expected"):
+        objective_from_config(dict(name='kl'))
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['tol'\]"):
+        objective_from_config(dict(name='ml', tol=1e-4))
 
     @register_objective('test-zero')
     class Zero(Objective):
@@ -384,3 +401,21 @@ def test_time_exponent_moves_the_times_towards_the_data(generator,
         # E[u^k] = 1 / (k + 1) for u ~ U[0, 1]
         assert float(seen['t'].mean()) == pytest.approx(1 / (exponent + 1),
                                                         abs=0.02)
+
+
+@pytest.mark.parametrize('objective', [
+    MaximumLikelihood(),
+    MaximumLikelihood(0.1, 'exact', SolverOptions('midpoint', num_steps=8)),
+    FlowMatching(sigma=0.05, align=False, time_exponent=2.0),
+])
+def test_objective_config_is_plain_data_and_round_trips(objective):
+    import json
+    stored = objective.config()
+    assert json.loads(json.dumps(stored)) == stored
+    again = objective_from_config(stored)
+    assert type(again) is type(objective)
+    assert again.config() == stored
+    if isinstance(objective, MaximumLikelihood):
+        assert stored['solver'] == objective.solver.to_dict()
+        assert again.solver == objective.solver
+    assert MaximumLikelihood().solver == SolverOptions(rtol=1e-4, atol=1e-4)
