@@ -10,21 +10,23 @@ from torch_enf.boltzmann import (effective_sample_size, entropy_bracket,
                                  importance_weights, log_partition_function,
                                  log_partition_upper_bound, reweight,
                                  weighted_histogram)
-from torch_enf.flows import ENFlow
+from torch_enf.flows import ENFlow, SolverOptions
 from torch_enf.systems import DoubleWellEnergy, HarmonicEnergy
 from torch_enf.testing import permutation_within_graphs, random_orthogonal
 
 
+SOLVER = SolverOptions(rtol=1e-7, atol=1e-7)
+
+
 def near_identity_flow(n_dims=2):
     torch.manual_seed(0)
-    return ENFlow(n_dims, hidden_channels=8, num_layers=1, eval_rtol=1e-7,
-                  eval_atol=1e-7).double().eval()
+    return ENFlow(n_dims, hidden_channels=8, num_layers=1).double().eval()
 
 
 def test_harmonic_log_z_is_recovered_with_ess_near_one():
     energy = HarmonicEnergy(4, 2)
     flow = near_identity_flow()
-    draw = importance_weights(flow, energy, 400,
+    draw = importance_weights(flow, energy, 400, solver=SOLVER,
                               generator=torch.Generator().manual_seed(1))
     assert draw.positions.shape == (400, 4, 2)
     assert effective_sample_size(draw.log_weights) > 0.99
@@ -36,7 +38,8 @@ def test_harmonic_log_z_is_recovered_with_ess_near_one():
     generator = torch.Generator().manual_seed(2)
     data = torch.randn(400, 4, 2, generator=generator, dtype=torch.float64)
     data = data - data.mean(1, keepdim=True)
-    log_q = flow.log_prob(Batch.from_data_list([Data(pos=p) for p in data]))
+    log_q = flow.log_prob(Batch.from_data_list([Data(pos=p) for p in data]),
+                          solver=SOLVER)
     bracket = entropy_bracket(energy(data), log_q, draw.log_weights)
     exact_entropy = 3.0 + exact  # E_p[E] = (M - 1) n / 2
     assert bracket.lower <= bracket.entropy + 1e-9 <= bracket.upper + 2e-9
@@ -48,6 +51,7 @@ def test_harmonic_log_z_is_recovered_with_ess_near_one():
 def test_reweighting_recovers_a_wider_target():
     energy = HarmonicEnergy(3, 2, sigma=1.2)
     draw = importance_weights(near_identity_flow(), energy, 4000,
+                              solver=SOLVER,
                               generator=torch.Generator().manual_seed(3))
     ess = effective_sample_size(draw.log_weights)
     assert 0.3 < ess < 0.99
@@ -78,17 +82,30 @@ def test_sampled_log_q_matches_log_prob_and_weights_are_invariant(
     for conv in flow.dynamics.egnn.convs:  # a flow far from the identity
         torch.nn.init.normal_(conv.coord_lin2.weight, std=0.3)
     energy = DoubleWellEnergy(5, 3)
-    draw = importance_weights(flow, energy, 6, batch_size=4,
+    # log q of a sample and of its moved copy come from separate solves.
+    tight = SolverOptions(rtol=1e-9, atol=1e-9)
+    draw = importance_weights(flow, energy, 6, batch_size=4, solver=tight,
                               generator=torch.Generator().manual_seed(0))
     samples = draw.samples
-    torch.testing.assert_close(flow.log_prob(samples), draw.log_q,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(flow.log_prob(samples, solver=tight),
+                               draw.log_q, atol=1e-5, rtol=0)
     q = random_orthogonal(3, generator)
     perm = permutation_within_graphs(samples.batch, generator)
     moved = Batch.from_data_list([Data(pos=p) for p in (
         samples.pos @ q.t() + 1.0)[perm].view(6, 5, 3)])
-    log_w = -energy(moved.pos.view(6, 5, 3)) - flow.log_prob(moved)
+    log_w = -energy(moved.pos.view(6, 5, 3)) - flow.log_prob(moved,
+                                                             solver=tight)
     torch.testing.assert_close(log_w, draw.log_weights, atol=1e-5, rtol=0)
+    # The draws follow the solver they are given.
+    euler = SolverOptions('euler', num_steps=2)
+    coarse = importance_weights(flow, energy, 6, solver=euler,
+                                generator=torch.Generator().manual_seed(0))
+    samples, log_q = flow.sample_with_log_prob(
+        6, 5, solver=euler, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(coarse.samples.pos, samples.pos, rtol=0,
+                               atol=0)
+    torch.testing.assert_close(coarse.log_q, log_q, rtol=0, atol=0)
+    assert not torch.allclose(coarse.log_q, draw.log_q, atol=1e-3)
 
 
 def test_bad_input():
@@ -118,10 +135,10 @@ def test_bad_input():
 def test_hutchinson_log_weights_are_unbiased_and_noisier():
     energy = HarmonicEnergy(4, 2)
     flow = near_identity_flow()
-    exact = importance_weights(flow, energy, 200,
+    exact = importance_weights(flow, energy, 200, solver=SOLVER,
                                generator=torch.Generator().manual_seed(3))
     torch.manual_seed(4)  # the Hutchinson probes
-    noisy = importance_weights(flow, energy, 200,
+    noisy = importance_weights(flow, energy, 200, solver=SOLVER,
                                generator=torch.Generator().manual_seed(3),
                                trace='hutchinson')
     assert torch.allclose(noisy.positions, exact.positions, atol=1e-6)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from torch_enf.flows.integrator import SolverOptions
 from torch_enf.systems import ParticleEnergy
 from torch_enf.utils import check_positive_integer
 
@@ -54,15 +55,19 @@ class ImportanceSamples(NamedTuple):
 def importance_weights(flow: torch.nn.Module, energy: ParticleEnergy,
                        num_samples: int, batch_size: Optional[int] = None,
                        generator: Optional[torch.Generator] = None,
-                       progress: bool = False,
-                       trace: str = 'exact') -> ImportanceSamples:
+                       progress: bool = False, trace: str = 'exact',
+                       solver: Optional[SolverOptions] = None
+                       ) -> ImportanceSamples:
     r"""Draws :obj:`num_samples` configurations from :obj:`flow` (an
-    :class:`~torch_enf.flows.ENFlow` in evaluation mode) and computes their
+    :class:`~torch_enf.flows.ENFlow`) with
+    :meth:`~torch_enf.flows.ENFlow.sample_with_log_prob` and computes their
     importance log-weights against :obj:`energy`. :math:`\log q` comes from
     the exact trace by default; :obj:`trace="hutchinson"` (for systems where
     the exact trace is too costly) adds the estimator's noise to every
     log-weight, which lowers the ESS in expectation (a conservative
-    estimate).
+    estimate). :obj:`solver` is the ODE solver of the draws (default:
+    :obj:`~torch_enf.flows.DEFAULT_SOLVER`); its error enters
+    :math:`\log q` and so the weights.
 
     Raises:
         ValueError: If the energy's particle count or dimension does not
@@ -73,12 +78,9 @@ def importance_weights(flow: torch.nn.Module, energy: ParticleEnergy,
     if energy.n_dims != flow.n_dims:
         raise ValueError(f'The energy is {energy.n_dims}-dimensional, the '
                          f'flow {flow.n_dims}-dimensional')
-    was_training = flow.training
-    flow.eval()
     samples, log_q = flow.sample_with_log_prob(
-        energy.num_particles, num_samples, generator, batch_size, progress,
-        trace)
-    flow.train(was_training)
+        num_samples, energy.num_particles, generator=generator,
+        batch_size=batch_size, progress=progress, trace=trace, solver=solver)
     positions = samples.pos.view(num_samples, energy.num_particles,
                                  energy.n_dims)
     values = energy(positions.double()).to(log_q.dtype)

@@ -3,14 +3,15 @@ r"""Likelihoods of trained flows: the mean test NLL of a loader
 stiff graphs solved apart (:func:`log_prob_of_graphs`)."""
 import contextlib
 import statistics
-from typing import Iterable, Iterator, List, NamedTuple, Sequence
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
-from torch_enf.flows.integrator import ODESolveError
+from torch_enf.flows.integrator import (DEFAULT_SOLVER, EvaluationCount,
+                                        ODESolveError, SolverOptions)
 from torch_enf.utils import check_positive_integer, check_positive_number
 
 
@@ -34,22 +35,26 @@ class NLLEstimate(NamedTuple):
 
 
 @torch.no_grad()
-def evaluate_nll(flow: torch.nn.Module, loader: Iterable,
-                 trace: str = 'exact', desc: str = 'eval',
+def evaluate_nll(model: torch.nn.Module, loader: Iterable,
+                 trace: str = 'exact',
+                 solver: Optional[SolverOptions] = None, desc: str = 'eval',
                  progress: bool = True) -> NLLEstimate:
     r"""The mean negative log-likelihood per graph (nats) of the graphs in
-    :obj:`loader`, with the flow in evaluation mode (its evaluation
-    tolerances), its standard error and the mean number of vector-field
-    evaluations per solve."""
-    device = next(flow.parameters()).device
-    ode_flow = getattr(flow, 'flow', flow)  # the ENFlow of a MoleculeFlow
+    :obj:`loader` under :obj:`model` (an :class:`~torch_enf.flows.ENFlow`
+    or :class:`~torch_enf.flows.MoleculeFlow`, run in evaluation mode),
+    its standard error and the mean number of vector-field evaluations per
+    solve (one solve per batch), with the :obj:`trace` and :obj:`solver`
+    (default: :obj:`DEFAULT_SOLVER`) of :meth:`log_prob`."""
+    device = next(model.parameters()).device
     values, evals = [], []
-    with _evaluating(flow):
+    with _evaluating(model):
         for batch in tqdm(loader, desc=desc, leave=False,
                           disable=not progress):
-            values.append(-flow.log_prob(batch.to(device),
-                                         trace=trace).double().cpu())
-            evals.append(ode_flow.num_evals)
+            counter = EvaluationCount()
+            values.append(-model.log_prob(batch.to(device), trace,
+                                          solver=solver,
+                                          counter=counter).double().cpu())
+            evals.append(counter.value)
     values = torch.cat(values)
     stderr = float(values.std() / values.numel() ** 0.5) \
         if values.numel() > 1 else float('nan')
@@ -60,6 +65,7 @@ def evaluate_nll(flow: torch.nn.Module, loader: Iterable,
 @torch.no_grad()
 def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
                        batch_size: int = 100, trace: str = 'exact',
+                       solver: Optional[SolverOptions] = None,
                        budget_factor: float = 3.0,
                        first_budget: int = 1000,
                        skip_failures: bool = False,
@@ -72,9 +78,10 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
     whose exact inverse solve needs thousands of evaluations) would set the
     cost of its whole batch. Here every batch gets a budget of
     :obj:`budget_factor` times the median number of evaluations of the
-    batches solved so far (:obj:`first_budget` before the first); a batch
-    that runs out of it (or whose solve fails) is split in halves, which are
-    solved again, down to single graphs, which get no budget.
+    batches solved so far (:obj:`first_budget` before the first), as the
+    :obj:`max_num_evals` of its :obj:`solver`; a batch that runs out of it
+    (or whose solve fails) is split in halves, which are solved again, down
+    to single graphs, which are solved with :obj:`solver` as given.
 
     The graphs are batched in their order, so a list that no batch had to
     be split for gives exactly the values of :meth:`log_prob` on the same
@@ -84,12 +91,13 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
 
     Args:
         model (torch.nn.Module): An :class:`~torch_enf.flows.ENFlow` or
-            :class:`~torch_enf.flows.MoleculeFlow`, evaluated with its
-            evaluation tolerances.
+            :class:`~torch_enf.flows.MoleculeFlow`, run in evaluation mode.
         graphs (list of torch_geometric.data.Data): The graphs.
         batch_size (int, optional): Graphs per batch. (default: :obj:`100`)
         trace (str, optional): :obj:`"exact"` or :obj:`"hutchinson"`.
             (default: :obj:`"exact"`)
+        solver (SolverOptions, optional): The ODE solver.
+            (default: :obj:`DEFAULT_SOLVER`)
         budget_factor (float, optional): The budget of a batch in medians
             of the solved batches' evaluations. (default: :obj:`3.0`)
         first_budget (int, optional): The budget before any batch has
@@ -112,8 +120,8 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
     check_positive_integer(first_budget, 'first_budget')
     if len(graphs) == 0:
         raise ValueError("'graphs' is empty")
+    solver = DEFAULT_SOLVER if solver is None else solver
     device = next(model.parameters()).device
-    ode_flow = getattr(model, 'flow', model)  # the ENFlow of a MoleculeFlow
     pending = [list(range(start, min(start + batch_size, len(graphs))))
                for start in range(0, len(graphs), batch_size)][::-1]
     values = torch.empty(len(graphs), dtype=torch.float64)
@@ -122,14 +130,17 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
               disable=not progress) as bar, _evaluating(model):
         while pending:
             indices = pending.pop()
-            budget = None
+            batch_solver = solver
             if len(indices) > 1:
                 budget = first_budget if not solved_evals else max(1, int(
                     budget_factor * statistics.median(solved_evals)))
+                batch_solver = solver.replace(max_num_evals=budget)
             batch = Batch.from_data_list([graphs[i] for i in indices])
+            counter = EvaluationCount()
             try:
-                with ode_flow.ode_options(max_num_evals=budget):
-                    log_prob = model.log_prob(batch.to(device), trace=trace)
+                log_prob = model.log_prob(batch.to(device), trace,
+                                          solver=batch_solver,
+                                          counter=counter)
             except ODESolveError as error:  # the budget, or a failure
                 if len(indices) > 1:
                     half = len(indices) // 2
@@ -142,7 +153,7 @@ def log_prob_of_graphs(model: torch.nn.Module, graphs: Sequence[Data],
                 bar.update(1)
                 continue
             values[indices] = log_prob.double().cpu()
-            solved_evals.append(ode_flow.num_evals)
+            solved_evals.append(counter.value)
             bar.update(len(indices))
     return values
 

@@ -22,9 +22,9 @@ class Objective(ABC):
     attributes of the same names and list them in :obj:`options`, which
     :meth:`config` reports as plain data (checkpoints use it to refuse
     resuming with other settings, and :func:`objective_from_config` to
-    rebuild the objective). Decorate a subclass with :func:`register_objective` to make
-    it available by name to :func:`objective_from_name` and the training
-    scripts.
+    rebuild the objective). Decorate a subclass with
+    :func:`register_objective` to make it available by name to
+    :func:`objective_from_name` and the training scripts.
     """
     options: tuple = ()
     name: str = ''
