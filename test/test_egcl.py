@@ -149,6 +149,28 @@ def test_bad_constructor_arguments():
         EGCL(2, 4, coords_norm=0.0)
     with pytest.raises(ValueError, match='num_layers'):
         EGNN(2, 4, 2, num_layers=0)
+    for args, message in (((8, -1), "'hidden_channels' must be an integer "
+                                    "of at least 1 .got -1."),
+                          ((8, 0), "'hidden_channels'"),
+                          ((-3, 16), "'in_channels'"),
+                          ((8, 16, -2), "'out_channels'"),
+                          ((8, 16.0), "'hidden_channels'"),
+                          ((8, 16, None, -1), "'edge_dim'")):
+        with pytest.raises(ValueError, match=message):
+            EGCL(*args)
+
+
+def test_overflowing_positions_are_refused_not_turned_into_nan():
+    torch.manual_seed(0)
+    conv = EGCL(8, 16)
+    h, pos = torch.randn(5, 8), torch.randn(5, 3)
+    edge_index = full_edge_index(torch.zeros(5, dtype=torch.long))
+    _, out = conv(h, pos * 1e12, edge_index)  # large, but representable
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"EGCL computed non-finite "
+                       r"\['pos'\] from finite inputs: squared distances up "
+                       r"to [0-9.]+e\+31 overflow torch.float32"):
+        conv(h, pos * 1e15, edge_index)
 
 
 def test_egnn_positions_only_output():

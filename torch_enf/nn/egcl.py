@@ -103,6 +103,12 @@ class EGCL(MessagePassing):
         act: Callable = torch.nn.SiLU(),
         velocity: bool = False,
     ):
+        for name, value, least in (('in_channels', in_channels, 0),
+                                   ('hidden_channels', hidden_channels, 1),
+                                   ('out_channels', out_channels, 0),
+                                   ('edge_dim', edge_dim, 0)):
+            if value is not None:
+                _check_width(value, name, least)
         if aggr not in ('add', 'mean'):
             raise ValueError(f"'aggr' must be 'add' or 'mean' (got '{aggr}')")
         # C > 0 keeps the update finite for coincident points.
@@ -173,6 +179,15 @@ class EGCL(MessagePassing):
         Returns:
             :obj:`(h_out, pos_out)`, or :obj:`(h_out, pos_out, vel_out)` when
             :obj:`vel` is given.
+
+        Raises:
+            ValueError: If the inputs are malformed or non-finite, or (when
+                the layer checks values, see
+                :func:`~torch_enf.utils.inputs_checked`) if finite inputs
+                overflowed to non-finite outputs: the squared distances
+                enter :math:`\phi_e` as they are, so positions far beyond
+                the scale the layer was built for (say :math:`10^{15}` in
+                float32) cannot be represented.
         """
         self._check_inputs(h, pos, edge_index, edge_attr, vel)
         # First layer of phi_e, split over its inputs: W [h_i, h_j, d, a] + b.
@@ -191,9 +206,13 @@ class EGCL(MessagePassing):
             h_out = h + h_out
 
         if vel is None:
-            return h_out, pos + agg_shift
-        vel_out = self.vel_mlp(h) * vel + agg_shift
-        return h_out, pos + vel_out, vel_out
+            out = (h_out, pos + agg_shift)
+        else:
+            vel_out = self.vel_mlp(h) * vel + agg_shift
+            out = (h_out, pos + vel_out, vel_out)
+        if checking_values():
+            self._check_outputs(out, pos, edge_index)
+        return out
 
     def message(self, proj_i: Tensor, proj_j: Tensor, pos_i: Tensor,
                 pos_j: Tensor, edge_attr: Optional[Tensor],
@@ -276,8 +295,31 @@ class EGCL(MessagePassing):
             check_finite(h, 'h')
             check_finite(pos, 'pos')
 
+    def _check_outputs(self, out: Tuple[Tensor, ...], pos: Tensor,
+                       edge_index: Tensor) -> None:
+        names = ('h', 'pos', 'vel')[:len(out)]
+        bad = [name for name, x in zip(names, out)
+               if not bool(torch.isfinite(x).all())]
+        if not bad:
+            return
+        source, target = edge_index
+        dist2 = (pos[target] - pos[source]).double().pow(2).sum(-1)
+        largest = float(dist2.max()) if dist2.numel() else 0.0
+        raise ValueError(f"EGCL computed non-finite {bad} from finite "
+                         f"inputs: squared distances up to {largest:.3g} "
+                         f"overflow {pos.dtype} in the edge and coordinate "
+                         f"networks; rescale 'pos' (or bound the update "
+                         f"with coords_norm and coords_range)")
+
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, hidden_channels='
                 f'{self.hidden_channels}, edge_dim={self.edge_dim}, '
                 f'edge_inference={self.edge_inference}, aggr={self.aggr})')
+
+
+def _check_width(value: int, name: str, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            value < least:
+        raise ValueError(f"'{name}' must be an integer of at least {least} "
+                         f"(got {value!r})")
