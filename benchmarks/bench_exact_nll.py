@@ -24,6 +24,7 @@ from torch_geometric.loader import DataLoader
 from torch_enf.experiments.particles import SYSTEMS
 from torch_enf.pretrained import load_pretrained, read_model
 from torch_enf.evaluation import evaluate_nll
+from torch_enf.flows import SolverOptions
 
 
 def score_shard(job: Tuple[str, str, int, int, int, float, int]
@@ -36,9 +37,9 @@ def score_shard(job: Tuple[str, str, int, int, int, float, int]
     flow = load_pretrained(model)
     test = SYSTEMS[system_name](f'{root}/{system_name}', 'test',
                                 progress=False)[start:stop]
-    with flow.ode_options(rtol=tol, atol=tol):
-        estimate = evaluate_nll(flow, DataLoader(test, batch_size=batch_size),
-                                'exact', progress=False)
+    estimate = evaluate_nll(flow, DataLoader(test, batch_size=batch_size),
+                            'exact', SolverOptions(rtol=tol, atol=tol),
+                            progress=False)
     return estimate.values, estimate.num_evals
 
 

@@ -29,10 +29,10 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from torch_enf.elements import QM9_ATOMIC_NUMBERS
-from torch_enf.flows import EGNNDynamics, ENFlow, MoleculeFlow, \
-    NodeCountDistribution
+from torch_enf.flows import EGNNDynamics, ENFlow, EvaluationCount, \
+    MoleculeFlow, NodeCountDistribution
 from torch_enf.nn import full_edge_index
-from torch_enf.objectives import FlowMatching
+from torch_enf.objectives import TRAINING_SOLVER, FlowMatching
 
 
 def qm9_like_sizes(num_graphs: int, generator: torch.Generator) -> List[int]:
@@ -113,15 +113,17 @@ def training_step(flow: ENFlow, batch: Batch, repeats: int) -> Dict:
 
     def step():
         start = time.perf_counter()
-        loss = -flow.log_prob(batch, trace='hutchinson').mean()
-        forward_evals = flow.num_evals
+        counter = EvaluationCount()
+        loss = -flow.log_prob(batch, trace='hutchinson',
+                              solver=TRAINING_SOLVER, counter=counter).mean()
+        forward_evals = counter.value
         middle = time.perf_counter()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         end = time.perf_counter()
         records.append((middle - start, end - middle, forward_evals,
-                        flow.num_evals - forward_evals))
+                        counter.value - forward_evals))
 
     median_seconds(step, repeats, warmup=1)
     records = records[1:]
@@ -164,10 +166,15 @@ def flow_matching_step(batch: Batch, repeats: int) -> Dict:
 
 def exact_log_prob_seconds(flow: ENFlow, batch: Batch, repeats: int) -> Dict:
     flow.eval()
+    counter = EvaluationCount()
+
+    def solve():
+        counter.value = 0
+        flow.log_prob(batch, trace='exact', counter=counter)
+
     with torch.no_grad():
-        seconds = median_seconds(lambda: flow.log_prob(batch, trace='exact'),
-                                 repeats, warmup=1)
-    return dict(seconds=seconds, evals=flow.num_evals)
+        seconds = median_seconds(solve, repeats, warmup=1)
+    return dict(seconds=seconds, evals=counter.value)
 
 
 def main() -> None:

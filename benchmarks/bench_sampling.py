@@ -22,6 +22,7 @@ from typing import Dict, List
 
 import torch
 
+from torch_enf.flows import EvaluationCount, SolverOptions
 from torch_enf.metrics import molecule_sample_metrics
 from torch_enf.pretrained import load_pretrained
 
@@ -29,23 +30,25 @@ SETTINGS = ['euler:20', 'euler:50', 'midpoint:10', 'midpoint:25',
             'midpoint:50', 'rk4:10', 'rk4:25', 'dopri5:1e-3', 'dopri5:1e-5']
 
 
-def options(setting: str) -> Dict:
+def solver_of(setting: str) -> SolverOptions:
     method, value = setting.split(':')
     if method == 'dopri5':
-        return dict(method=method, rtol=float(value), atol=float(value))
-    return dict(method=method, num_steps=int(value))
+        return SolverOptions(method, rtol=float(value), atol=float(value))
+    return SolverOptions(method, num_steps=int(value))
 
 
 def measure(model: torch.nn.Module, setting: str, num: int,
             batch_size: int, seed: int, temperature: float = 1.0) -> Dict:
     generator = torch.Generator().manual_seed(seed)
+    counter = EvaluationCount()
     start = time.perf_counter()
-    with model.flow.ode_options(**options(setting)):
-        samples = model.sample(num, generator, batch_size=batch_size,
-                               temperature=temperature)
+    samples = model.sample(num, generator=generator, batch_size=batch_size,
+                           temperature=temperature, solver=solver_of(setting),
+                           counter=counter)
     seconds = time.perf_counter() - start
+    num_solves = -(-num // (batch_size or num))
     result = dict(setting=setting, temperature=temperature,
-                  nfe=model.flow.num_evals,
+                  nfe=counter.value / num_solves,
                   seconds=seconds, molecules_per_second=num / seconds)
     result.update(molecule_sample_metrics(samples))
     return result

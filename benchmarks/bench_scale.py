@@ -53,7 +53,7 @@ def seconds(fn: Callable[[], None], repeats: int) -> float:
 
 
 def measure(num: int, threads: int, repeats: int, queue) -> None:
-    from torch_enf.flows import ENFlow
+    from torch_enf.flows import ENFlow, SolverOptions
     from torch_enf.nn import radius_graph
     from torch_enf.objectives import FlowMatching
     torch.set_num_threads(threads)
@@ -85,9 +85,7 @@ def measure(num: int, threads: int, repeats: int, queue) -> None:
         return step
 
     def sample() -> None:
-        with flow.ode_options(method='midpoint', num_steps=20):
-            flow.eval().sample(num, 1)
-        flow.train()
+        flow.sample(1, num, solver=SolverOptions('midpoint', num_steps=20))
 
     result = dict(
         particles=num, edges=edges,

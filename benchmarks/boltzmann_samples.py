@@ -32,6 +32,7 @@ import torch
 from torch_enf.boltzmann import (entropy_bracket, importance_weights,
                                  log_partition_function)
 from torch_enf.experiments.particles import SYSTEMS
+from torch_enf.flows import SolverOptions
 from torch_enf.pretrained import load_pretrained
 from torch_enf.storage import atomic_save
 
@@ -52,9 +53,9 @@ def draw_chunks(args: argparse.Namespace) -> None:
         size = min(args.chunk, args.num - index * args.chunk)
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(args.seed + index)
-        with flow.ode_options(rtol=args.tol, atol=args.tol):
-            draw = importance_weights(flow, system.energy, size,
-                                      generator=generator)
+        draw = importance_weights(
+            flow, system.energy, size, generator=generator,
+            solver=SolverOptions(rtol=args.tol, atol=args.tol))
         atomic_save(dict(log_q=draw.log_q, energy=draw.energy,
                          seconds=time.perf_counter() - start), path)
         print(f'chunk {index}: {size} samples in '

@@ -24,6 +24,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from torch_enf.datasets import QM9
+from torch_enf.flows import SolverOptions
 from torch_enf.metrics import molecule_sample_metrics
 from torch_enf.metrics.bonds import valences
 from torch_enf.objectives import FlowMatching
@@ -68,10 +69,10 @@ def main() -> None:
             args.out, epochs=1000, lr=args.lr, ema_decay=0.999,
             autocast=torch.bfloat16, time_budget=args.hours, progress=False)
     model.eval()
-    with model.flow.ode_options(method='midpoint', num_steps=10):
-        samples = model.sample(args.num_samples,
-                               torch.Generator().manual_seed(0),
-                               batch_size=100)
+    samples = model.sample(args.num_samples,
+                           generator=torch.Generator().manual_seed(0),
+                           batch_size=100,
+                           solver=SolverOptions('midpoint', num_steps=10))
     results = {name: value for name, value in
                molecule_sample_metrics(samples).items()
                if isinstance(value, float)}

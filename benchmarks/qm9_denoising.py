@@ -24,6 +24,7 @@ import torch
 from torch_geometric.data import Batch
 
 from torch_enf.datasets import QM9
+from torch_enf.flows import SolverOptions
 from torch_enf.metrics import stability
 from torch_enf.objectives import FlowMatching
 from torch_enf.pretrained import load_pretrained
@@ -59,8 +60,9 @@ def denoising_row(model, inputs, base, data: Batch, t: float,
     start = time.perf_counter()
     if t > 0:
         num_steps = max(1, round(t * steps_per_unit))
-        with model.flow.ode_options(method='midpoint', num_steps=num_steps):
-            out = model.flow.decode(pos_t, h_t, inputs.batch, start_time=t)
+        out = model.flow.decode(
+            pos_t, h_t, inputs.batch, start_time=t,
+            solver=SolverOptions('midpoint', num_steps=num_steps))
         pos_0, h_0 = out.pos, out.h
     else:
         num_steps, pos_0, h_0 = 0, pos_t, h_t

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
-from torch_enf.flows import ENFlow, MoleculeFlow, NodeCountDistribution
+from torch_enf.flows import (ENFlow, EvaluationCount, MoleculeFlow,
+                             NodeCountDistribution, SolverOptions)
 from torch_enf.objectives import FlowMatching, flow_matching_loss
 from torch_enf.training import fit
 
@@ -29,17 +30,31 @@ def molecules(generator, sizes=(3, 5, 4, 6)):
 
 def test_log_prob_and_sampling_match_the_cpu(generator):
     torch.manual_seed(0)
-    flow = ENFlow(3, 2, hidden_channels=16, num_layers=2, eval_rtol=1e-8,
-                  eval_atol=1e-8).double().eval()
+    flow = ENFlow(3, 2, hidden_channels=16, num_layers=2).double().eval()
+    solver = SolverOptions(rtol=1e-8, atol=1e-8)
     pos, h, batch = mixed_batch([3, 5, 4], 3, generator, 2)
     data = Data(pos=pos, h=h, batch=batch)
-    expected = flow.log_prob(data)
+    expected = flow.log_prob(data, solver=solver)
     flow_gpu = flow.to(CUDA)
-    torch.testing.assert_close(flow_gpu.log_prob(data.to(CUDA)).cpu(),
-                               expected, rtol=1e-6, atol=1e-6)
-    samples = flow_gpu.sample([3, 4], generator=torch.Generator(
-        CUDA).manual_seed(0))
+    torch.testing.assert_close(
+        flow_gpu.log_prob(data.to(CUDA), solver=solver).cpu(), expected,
+        rtol=1e-6, atol=1e-6)
+    counter = EvaluationCount()
+    samples = flow_gpu.sample(2, [3, 4], counter=counter,
+                              generator=torch.Generator(CUDA).manual_seed(0),
+                              solver=SolverOptions('rk4', num_steps=5))
     assert samples.pos.device.type == 'cuda'
+    assert counter.value == 20
+
+
+def test_molecule_sampling_with_explicit_sizes_on_the_gpu():
+    torch.manual_seed(0)
+    model = MoleculeFlow(NodeCountDistribution.from_num_nodes([3, 4, 5, 6]),
+                         hidden_channels=16, num_layers=2).to(CUDA).eval()
+    samples = model.sample(3, torch.tensor([4, 6, 3], device=CUDA),
+                           solver=SolverOptions('midpoint', num_steps=4))
+    assert samples.pos.device.type == 'cuda'
+    assert samples.ptr.diff().tolist() == [4, 6, 3]
 
 
 def test_flow_matching_loss_matches_the_cpu(generator):
