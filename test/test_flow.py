@@ -597,7 +597,8 @@ def _stiff_flow(coords_range, scale, seed):
     return flow
 
 
-@pytest.mark.parametrize('case', ['explodes', 'unreachable', 'crawls'])
+@pytest.mark.parametrize('case', ['explodes', 'unreachable', 'crawls',
+                                  'crawls-with-a-large-step-budget'])
 def test_divergence_is_reported_within_a_few_hundred_evaluations(case):
     import time
     counter = EvaluationCount()
@@ -614,7 +615,9 @@ def test_divergence_is_reported_within_a_few_hundred_evaluations(case):
                           counter=counter)
         else:  # steps of 1e-5 that would take 60,000 evaluations (#32)
             flow = _stiff_flow(None, 1e3, 1)
-            flow.sample(3, 4, counter=counter)
+            solver = SolverOptions(max_num_steps=10**6) \
+                if case.endswith('budget') else None
+            flow.sample(3, 4, solver=solver, counter=counter)
     assert counter.value < 2000
     assert time.time() - start < 30
 

@@ -40,9 +40,10 @@ measured."""
 STALL_AFTER_EVALS = 200
 r"""Evaluations before the pace of an adaptive solve is first judged."""
 
-MIN_RELATIVE_PACE = 1e-6
+MIN_RELATIVE_PACE = 1e-5
 r"""The least progress per evaluation, as a fraction of the interval, of an
-adaptive solve, whatever its step budget."""
+adaptive solve, whatever its step budget: no solve may crawl at a pace that
+would need more than :math:`10^5` evaluations to cross the interval."""
 
 
 class ODESolveError(RuntimeError):
@@ -277,9 +278,11 @@ class AugmentedODE:
             raise ODESolveError(
                 f'The ODE solve diverged: the step size collapsed to about '
                 f'{pace * per_step:.2e} at t={time:.4g} after '
-                f'{self.num_evals} evaluations of the vector field, too '
-                f'small to cross the interval within max_num_steps='
-                f'{self.options.max_num_steps}; the field is too stiff for '
+                f'{self.num_evals} evaluations of the vector field; at '
+                f'this pace crossing the interval would take more than '
+                f'{budget:.0f} evaluations (max_num_steps='
+                f'{self.options.max_num_steps}, or at most '
+                f'{1 / MIN_RELATIVE_PACE:.0f}); the field is too stiff for '
                 f'the tolerances (bound it with coords_range, loosen the '
                 f'tolerances or use float64)')
 
