@@ -201,36 +201,3 @@ def test_virial_identifies_the_lennard_jones_convention_of_published_data():
         stderr = float(virial.std()) / virial.numel()**0.5
         gap = abs(float(virial.mean()) - 36)  # (13 - 1) * 3
         assert (gap < 4 * stderr) == expected_match
-
-
-def test_experiment_options_for_larger_systems():
-    from torch_enf.experiments.particles import eval_trace, parse_args
-    with pytest.raises(ValueError, match='no Table 1 sweep for lj55'):
-        parse_args(['--system', 'lj55', '--sweep'])
-    args = parse_args(['--system', 'lj55', '--quick'])
-    assert eval_trace(args, LJ55) == 'hutchinson'
-    assert eval_trace(args, LJ13) == 'exact'
-    args = parse_args(['--system', 'lj55', '--eval-trace', 'exact'])
-    assert eval_trace(args, LJ55) == 'exact'
-
-
-def test_distance_feature_options():
-    from torch_enf.experiments.common import run_config
-    from torch_enf.experiments.particles import build_flow, parse_args
-    with pytest.raises(ValueError, match='--num-radial must be at least 2'):
-        parse_args(['--system', 'dw4', '--num-radial', '1'])
-    with pytest.raises(ValueError, match='--radial-cutoff must be positive'):
-        parse_args(['--system', 'dw4', '--num-radial', '8',
-                    '--radial-cutoff', '0'])
-    args = parse_args(['--system', 'dw4', '--num-radial', '8',
-                       '--radial-cutoff', '4'])
-    dynamics = build_flow(args, 2).dynamics
-    assert dynamics.distance_expansion.offset[-1] == 4.0
-    assert dynamics.egnn.convs[0].edge_dim == 9
-    assert run_config(args)['num_radial'] == 8
-    assert run_config(args)['radial_cutoff'] == 4.0
-    plain_args = parse_args(['--system', 'dw4'])
-    assert build_flow(plain_args, 2).dynamics.distance_expansion is None
-    # Without distance features the run's options are those of runs made
-    # before the options existed, so that those resume.
-    assert not {'num_radial', 'radial_cutoff'} & set(run_config(plain_args))

@@ -332,22 +332,3 @@ def test_broken_cache_is_rebuilt(tmp_path, caplog):
                     log=False)
     assert len(again) == len(dataset)
     assert 'unreadable' in caplog.text and cache in caplog.text
-
-
-def test_class_margin_option():
-    from torch_enf.experiments.common import run_config
-    from torch_enf.experiments.qm9 import build_model, parse_args
-    from torch_enf.flows import NodeCountDistribution
-    with pytest.raises(ValueError, match='--class-margin must be non-neg'):
-        parse_args(['--class-margin', '-1'])
-    with pytest.raises(ValueError, match='--class-margin needs'):
-        parse_args(['--class-margin', '1', '--dequantizer', 'uniform'])
-    node_count = NodeCountDistribution(torch.tensor([0, 0, 1.0, 1.0]))
-    args = parse_args(['--class-margin', '1.5'])
-    assert build_model(args, node_count).dequantizer.margin == 1.5
-    assert run_config(args)['class_margin'] == 1.5
-    # Without a margin the options are those of runs made before the
-    # option existed, so that those resume.
-    plain = parse_args([])
-    assert build_model(plain, node_count).dequantizer.margin == 0.0
-    assert 'class_margin' not in run_config(plain)

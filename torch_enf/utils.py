@@ -225,3 +225,16 @@ class Registry(Dict[str, type]):
             raise ValueError(f"Unknown {self.kind} {name!r} (expected one "
                              f"of {sorted(self)})")
         return self[name](**kwargs)
+
+
+def json_safe(value: Any) -> Any:
+    r"""Results as valid JSON: non-finite floats (an undefined standard
+    error, a failed metric) become :obj:`None`, written as :obj:`null`,
+    in nested dictionaries and lists."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

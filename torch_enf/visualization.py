@@ -58,7 +58,7 @@ def plot_molecule_grid(data, path: str, ncols: int = 4,
 def plot_sample_comparison(comparison: SampleComparison, path: str,
                            title: str = '',
                            points: Optional[Tensor] = None,
-                           dpi: int = 120) -> None:
+                           reference: bool = True, dpi: int = 120) -> None:
     r"""Histograms of the interatomic distances (and energies) of samples
     against reference data, from :func:`~torch_enf.metrics.compare_samples`;
     with :obj:`points` (2D configurations :obj:`[S, M, 2]`) also a scatter
@@ -69,6 +69,10 @@ def plot_sample_comparison(comparison: SampleComparison, path: str,
         path (str): Output image; written atomically.
         title (str, optional): Figure title.
         points (torch.Tensor, optional): Sampled 2D configurations.
+        reference (bool, optional): Whether :obj:`comparison` holds
+            reference data; without it only the samples are drawn (a
+            comparison of samples with themselves would show no
+            difference). (default: :obj:`True`)
         dpi (int, optional): Resolution.
     """
     plt = _pyplot()
@@ -83,7 +87,9 @@ def plot_sample_comparison(comparison: SampleComparison, path: str,
     figure, axes = plt.subplots(1, num, figsize=(4.2 * num, 3.5),
                                 squeeze=False)
     for ax, (label, data, samples, limits) in zip(axes[0], panels):
-        for values, name in ((data, 'data'), (samples, 'samples')):
+        drawn = ((data, 'data'), (samples, 'samples')) if reference \
+            else ((samples, 'samples'), )
+        for values, name in drawn:
             ax.hist(values.numpy(), comparison.bins, range=limits,
                     density=True, alpha=0.5, label=name)
         ax.set_xlabel(label)
