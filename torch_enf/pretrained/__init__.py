@@ -1,21 +1,21 @@
-r"""Trained models that ship with the package, and loading of the models
-that the training scripts write.
+r"""Trained models that ship with the package, and the model files and run
+folders that training writes.
 
 .. code-block:: python
 
-    from torch_enf.pretrained import available_models, load_pretrained
+    from torch_enf.pretrained import available_models, load_model
 
     available_models()                  # ['dw4', 'lj13', 'qm9', ...]
-    model = load_pretrained('qm9')      # a MoleculeFlow in eval mode
-    molecules = model.sample(100)
+    found = load_model('qm9')           # model (eval mode), task, card
+    molecules = found.task.sample(found.model, 100, solver=found.sampler)
 
-Each shipped model is one small file in :obj:`torch_enf/pretrained/weights`
-holding its options, its weights and its *model card* (:func:`model_card`:
-training command, data and split, wall clock and machine, code revision and
-the metrics measured with it). Files are read with :obj:`weights_only=True`
-and need no network.
+Each model file holds the model's configuration
+(:func:`~torch_enf.flows.model_config`), the state of its task
+(:meth:`~torch_enf.tasks.Task.state`), its weights and its *model card*
+(training configuration, data, wall clock, machine, code revision and the
+metrics measured with it). A model is rebuilt from its configuration alone;
+files are read with :obj:`weights_only=True` and need no network.
 """
-import argparse
 import os
 import os.path as osp
 from pathlib import Path
@@ -23,21 +23,34 @@ from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import torch
 
-from torch_enf.flows import NodeCountDistribution
+from torch_enf.config import CONFIG_FORMAT
+from torch_enf.flows import SolverOptions, model_config, model_from_config
 from torch_enf.storage import CHECKPOINT_FORMAT, atomic_save
+from torch_enf.tasks import Task, task_from_state
 
 MODEL_FORMAT = 'torch-enf-model'
-r"""The :obj:`format` entry of a shipped model file."""
+r"""The :obj:`format` entry of a model file."""
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'weights'
 
 
 class ModelFile(NamedTuple):
-    r"""What :func:`read_model` finds: the options of the training run, the
-    weights and the model card (empty for checkpoints and run folders)."""
-    options: Dict[str, Any]
+    r"""What :func:`read_model` finds: the model's configuration, the state
+    of its task, the weights and the model card (empty for checkpoints and
+    run folders without a model file)."""
+    model: Dict[str, Any]
+    task: Dict[str, Any]
     state_dict: Dict[str, torch.Tensor]
     card: Dict[str, Any]
+
+
+class LoadedModel(NamedTuple):
+    r"""A ready model (evaluation mode) with its task, card and the sampler
+    its card recommends (the flow's default solver if it names none)."""
+    model: torch.nn.Module
+    task: Task
+    card: Dict[str, Any]
+    sampler: SolverOptions
 
 
 def available_models() -> List[str]:
@@ -48,76 +61,81 @@ def available_models() -> List[str]:
 def model_card(name: str) -> Dict[str, Any]:
     r"""The card of a shipped model: what it is, how it was trained and what
     was measured with it."""
-    return _read_model_file(_shipped_path(name))['card']
+    return read_model(_shipped_path(name)).card
 
 
 def load_pretrained(name_or_path: Union[str, os.PathLike],
                     map_location: Union[str, torch.device] = 'cpu'
                     ) -> torch.nn.Module:
-    r"""A ready model in evaluation mode, from
+    r"""A ready model in evaluation mode, from anything :func:`read_model`
+    accepts."""
+    return load_model(name_or_path, map_location).model
+
+
+def load_model(name_or_path: Union[str, os.PathLike],
+               map_location: Union[str, torch.device] = 'cpu'
+               ) -> LoadedModel:
+    r"""The model, task, card and recommended sampler of anything
+    :func:`read_model` accepts."""
+    found = read_model(name_or_path)
+    model = model_from_config(found.model)
+    model.load_state_dict(found.state_dict)
+    sampler = found.card.get('sampler')
+    return LoadedModel(model.to(map_location).eval(),
+                       task_from_state(found.task), found.card,
+                       SolverOptions.from_dict(sampler) if sampler
+                       else SolverOptions())
+
+
+def read_model(name_or_path: Union[str, os.PathLike]) -> ModelFile:
+    r"""Reads, without building the model,
 
     * the name of a shipped model (:func:`available_models`);
-    * a model file written by :func:`export_model`;
-    * a training checkpoint (:obj:`checkpoint.pt` of
-      :func:`torch_enf.training.fit` via the example scripts): the model as
-      trained so far, its moving average where there is one;
-    * a run folder (the :obj:`--out` of a training script): the options of
-      its :obj:`checkpoint.pt` with the selected weights of its
-      :obj:`best.pt`.
+    * a model file written by :func:`save_model` (a training run writes
+      :obj:`OUT/model.pt`);
+    * a training checkpoint (:obj:`OUT/checkpoint.pt`): the model as trained
+      so far, its moving average where there is one;
+    * a run folder (:obj:`OUT`): its model file if the run finished, else
+      the selected weights of :obj:`best.pt` with the configuration of its
+      checkpoint.
 
     Raises:
         ValueError: For an unknown name (listing the shipped ones) or a file
             of another kind.
     """
-    found = read_model(name_or_path)
-    model = build_model(found.options, found.state_dict)
-    model.load_state_dict(found.state_dict)
-    return model.to(map_location).eval()
-
-
-def read_model(name_or_path: Union[str, os.PathLike]) -> ModelFile:
-    r"""Reads the options, weights and card of anything
-    :func:`load_pretrained` accepts, without building the model."""
     path = str(name_or_path)
     if not osp.exists(path):
         path = str(_shipped_path(path))
-    return _read_any(path)
+    if osp.isdir(path):
+        return _read_run_folder(path)
+    content = _load(path)
+    if content.get('format') == MODEL_FORMAT:
+        if content.get('version') != CONFIG_FORMAT:
+            raise ValueError(f'{path} is a model file of format version '
+                             f'{content.get("version")}; this torch-enf '
+                             f'reads version {CONFIG_FORMAT}')
+        return ModelFile(content['model'], content['task'],
+                         content['state_dict'], content.get('card', {}))
+    if content.get('format') == CHECKPOINT_FORMAT:
+        metadata = _checkpoint_metadata(path, content)
+        weights = content['ema']['model'] if content.get('ema') \
+            else content['model']
+        return ModelFile(metadata['model'], metadata['task'], weights, {})
+    raise ValueError(f'{path} is not a torch-enf model file, training '
+                     f'checkpoint or run folder (a plain state dict such as '
+                     f'best.pt lacks the configuration to rebuild the model:'
+                     f' pass its run folder instead)')
 
 
-def build_model(options: Dict[str, Any],
-                state_dict: Optional[Dict[str, torch.Tensor]] = None
-                ) -> torch.nn.Module:
-    r"""An untrained model of the experiment that :obj:`options` (the
-    options of a training script) describe; with a :obj:`state_dict` the
-    shapes it needs (the support of :math:`p(M)`) are taken from there."""
-    from torch_enf.experiments import particles, qm9
-    args = argparse.Namespace(**options)
-    if 'system' in options:
-        return particles.build_flow(args,
-                                    particles.SYSTEMS[args.system].n_dims)
-    if 'positional' in options:
-        node_count = None
-        if not args.positional:
-            probs = (state_dict or {}).get('node_count.probs')
-            if probs is None:
-                raise ValueError('A molecule model needs the weights of its '
-                                 'atom-count distribution')
-            node_count = NodeCountDistribution(probs)
-        return qm9.build_model(args, node_count)
-    raise ValueError('The options describe no known experiment (expected '
-                     "'system' or 'positional')")
-
-
-def export_model(source: str, path: str,
-                 card: Optional[Dict[str, Any]] = None) -> None:
-    r"""Writes the model of a run folder or training checkpoint
-    :obj:`source` (see :func:`load_pretrained`) as one small model file
-    with its options and :obj:`card`, loadable with
+def save_model(model: torch.nn.Module, task: Task, path: str,
+               card: Optional[Dict[str, Any]] = None) -> None:
+    r"""Writes :obj:`model` as one small model file (atomically) with its
+    configuration, its task's state and :obj:`card`, loadable with
     :obj:`weights_only=True`."""
-    options, state_dict, _ = _read_any(source)
-    atomic_save(dict(format=MODEL_FORMAT, options=_plain(options),
+    atomic_save(dict(format=MODEL_FORMAT, version=CONFIG_FORMAT,
+                     model=model_config(model), task=task.state(),
                      state_dict={k: v.detach().cpu().contiguous()
-                                 for k, v in state_dict.items()},
+                                 for k, v in model.state_dict().items()},
                      card=_plain(card or {})), path)
 
 
@@ -130,61 +148,45 @@ def _shipped_path(name: str) -> Path:
     return path
 
 
-def _read_any(path: str) -> ModelFile:
-    if osp.isdir(path):
-        checkpoint = _read_checkpoint(osp.join(path, 'checkpoint.pt'))
-        best = osp.join(path, 'best.pt')
-        if not osp.isfile(best):
-            raise ValueError(f'{path} holds no best.pt (the run has not '
-                             f'finished an epoch)')
-        return ModelFile(checkpoint['metadata']['options'], torch.load(
-            best, map_location='cpu', weights_only=True), {})
+def _load(path: str) -> Dict[str, Any]:
     try:
         content = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:
         raise ValueError(f'{path} is not a torch-enf model or checkpoint '
-                         f'({type(error).__name__}: {error})') from error
-    if isinstance(content, dict) and content.get('format') == MODEL_FORMAT:
-        return ModelFile(content['options'], content['state_dict'],
-                         content['card'])
-    if isinstance(content, dict) and \
-            content.get('format') == CHECKPOINT_FORMAT:
-        checkpoint = _read_checkpoint(path, content)
-        weights = checkpoint['ema']['model'] if checkpoint.get('ema') \
-            else checkpoint['model']
-        return ModelFile(checkpoint['metadata']['options'], weights, {})
-    raise ValueError(f'{path} is not a torch-enf model file, training '
-                     f'checkpoint or run folder (a plain state dict such as '
-                     f'best.pt lacks the options to rebuild the model: pass '
-                     f'its run folder instead)')
-
-
-def _read_model_file(path: Path) -> Dict[str, Any]:
-    content = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(content, dict) or content.get('format') != MODEL_FORMAT:
-        raise ValueError(f'{path} is not a torch-enf model file')
+                         f'({type(error).__name__}: {error})') from None
+    if not isinstance(content, dict):
+        raise ValueError(f'{path} is not a torch-enf model file, training '
+                         f'checkpoint or run folder')
     return content
 
 
-def _read_checkpoint(path: str, content: Optional[Dict] = None
-                     ) -> Dict[str, Any]:
-    if content is None:
-        if not osp.isfile(path):
-            raise ValueError(f'{path} does not exist: not a run folder')
-        content = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(content, dict) or \
-            content.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f'{path} is not a training checkpoint')
-    if 'options' not in content.get('metadata', {}):
-        raise ValueError(f'{path} was written without the options of its '
-                         f'run (by fit() outside the training scripts, or by '
-                         f'torch-enf 0.1), so the model cannot be rebuilt '
-                         f'from it')
-    return content
+def _read_run_folder(path: str) -> ModelFile:
+    model_file = osp.join(path, 'model.pt')
+    if osp.isfile(model_file):
+        return read_model(model_file)
+    checkpoint = osp.join(path, 'checkpoint.pt')
+    best = osp.join(path, 'best.pt')
+    if not osp.isfile(checkpoint) or not osp.isfile(best):
+        raise ValueError(f'{path} is not a run folder with a finished epoch '
+                         f'(no model.pt, nor checkpoint.pt with best.pt)')
+    metadata = _checkpoint_metadata(checkpoint, _load(checkpoint))
+    return ModelFile(metadata['model'], metadata['task'], torch.load(
+        best, map_location='cpu', weights_only=True), {})
+
+
+def _checkpoint_metadata(path: str, content: Dict[str, Any]
+                         ) -> Dict[str, Any]:
+    metadata = content.get('metadata', {})
+    if 'model' not in metadata or 'task' not in metadata:
+        raise ValueError(f'{path} was written without the configuration of '
+                         f'its model and task (by fit() outside '
+                         f'torch_enf.tasks.train), so the model cannot be '
+                         f'rebuilt from it')
+    return metadata
 
 
 def _plain(value: Any) -> Any:
-    r"""Options and cards as plain Python values (loadable with
+    r"""Cards as plain Python values (loadable with
     :obj:`weights_only=True`)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
