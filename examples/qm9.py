@@ -15,12 +15,16 @@ Examples::
     python examples/qm9.py --objective ml --quick            # paper's loss
     torchrun --nproc_per_node=2 examples/qm9.py --quick
 
-Every run writes ``OUT/results.json``, ``OUT/checkpoint.pt`` (``--resume``
-continues it), ``OUT/best.pt``, ``OUT/curves.png`` and the samples as XYZ,
-SDF and a picture, and prints ``test_nll=<value>`` last. ``--help`` lists
+This is ``torch-enf train qm9 [options]``. Every run writes
+``OUT/results.json``, ``OUT/model.pt``, ``OUT/checkpoint.pt``
+(``--resume`` continues it), ``OUT/best.pt``, ``OUT/curves.png`` and the
+samples as XYZ, SDF and a picture, and prints ``test_nll=<value>`` last.
+``--help`` lists
 all options.
 """
-from torch_enf.experiments import qm9
+import sys
+
+from torch_enf.cli import main
 
 if __name__ == '__main__':
-    qm9.main()
+    sys.exit(main(['train', 'qm9', *sys.argv[1:]]))

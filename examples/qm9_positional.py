@@ -18,7 +18,9 @@ Examples::
 Outputs as ``examples/qm9.py``, with the distance histograms in
 ``OUT/distances.png``.
 """
-from torch_enf.experiments import qm9
+import sys
+
+from torch_enf.cli import main
 
 if __name__ == '__main__':
-    qm9.main(positional=True)
+    sys.exit(main(['train', 'qm9-positional', *sys.argv[1:]]))
