@@ -21,8 +21,8 @@ from typing import List, Tuple
 import torch
 from torch_geometric.loader import DataLoader
 
-from torch_enf.experiments.particles import SYSTEMS
-from torch_enf.pretrained import load_pretrained, read_model
+from torch_enf.datasets import PARTICLE_SYSTEMS as SYSTEMS
+from torch_enf.pretrained import load_model, read_model
 from torch_enf.evaluation import evaluate_nll
 from torch_enf.flows import SolverOptions
 
@@ -33,8 +33,8 @@ def score_shard(job: Tuple[str, str, int, int, int, float, int]
     and the mean NFE of their solves (run in a worker process)."""
     model, root, start, stop, batch_size, tol, threads = job
     torch.set_num_threads(threads)
-    system_name = read_model(model).options['system']
-    flow = load_pretrained(model)
+    found = load_model(model)
+    system_name, flow = found.task.name, found.model
     test = SYSTEMS[system_name](f'{root}/{system_name}', 'test',
                                 progress=False)[start:stop]
     estimate = evaluate_nll(flow, DataLoader(test, batch_size=batch_size),
@@ -62,7 +62,7 @@ def main() -> None:
                         default=[1e-5, 1e-4, 1e-3])
     parser.add_argument('--json', default=None)
     args = parser.parse_args()
-    system_name = read_model(args.model).options['system']
+    system_name = read_model(args.model).task['name']
     rows = []
     context = multiprocessing.get_context('spawn')
     with context.Pool(args.processes) as pool:

@@ -31,7 +31,7 @@ import torch
 
 from torch_enf.boltzmann import (entropy_bracket, importance_weights,
                                  log_partition_function)
-from torch_enf.experiments.particles import SYSTEMS
+from torch_enf.datasets import PARTICLE_SYSTEMS as SYSTEMS
 from torch_enf.flows import SolverOptions
 from torch_enf.pretrained import load_pretrained
 from torch_enf.storage import atomic_save

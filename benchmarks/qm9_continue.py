@@ -30,7 +30,7 @@ from torch_enf.metrics.bonds import valences
 from torch_enf.objectives import FlowMatching
 from torch_enf.pretrained import load_pretrained
 from torch_enf.storage import atomic_save
-from torch_enf.training import fit
+from torch_enf.training import FitConfig, fit
 from torch_enf.utils import scatter_sum
 
 
@@ -66,8 +66,9 @@ def main() -> None:
         loader = DataLoader(QM9(args.root, 'train', log=False),
                             batch_size=128, shuffle=True, drop_last=True)
         fit(model, FlowMatching(time_exponent=args.time_exponent), loader,
-            args.out, epochs=1000, lr=args.lr, ema_decay=0.999,
-            autocast=torch.bfloat16, time_budget=args.hours, progress=False)
+            args.out, FitConfig(epochs=1000, lr=args.lr, ema_decay=0.999,
+                                bf16=True, time_budget=args.hours),
+            progress=False)
     model.eval()
     samples = model.sample(args.num_samples,
                            generator=torch.Generator().manual_seed(0),

@@ -16,6 +16,6 @@ python=${PYTHON:-python}
 "$python" examples/qm9.py --objective fm --dequantizer argmax \
     --batch-size 128 --lr 1e-3 --lr-schedule cosine --ema 0.999 --bf16 \
     --num-radial 16 --epochs 4 --eval-every 2 --num-valid 256 \
-    --valid-tol 1e-4 --ode-reg 0 --eval-trace hutchinson --threads 1 \
-    --num-test 100 --num-samples 500 --sample-solver midpoint \
-    --sample-steps 10 --no-progress --out "$out" "$@"
+    --valid-tol 1e-4 --ode-reg 0 --trace hutchinson --threads 1 \
+    --num-test 100 --num-samples 500 --solver midpoint \
+    --num-steps 10 --no-progress --out "$out" "$@"

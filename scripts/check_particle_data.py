@@ -16,7 +16,7 @@ import os.path as osp
 
 import torch
 
-from torch_enf.experiments.particles import SYSTEMS
+from torch_enf.datasets import PARTICLE_SYSTEMS as SYSTEMS
 
 
 def mean_and_stderr(values: torch.Tensor) -> dict:

@@ -1,6 +1,6 @@
 r"""Turns a finished training run into a shipped model of
-:mod:`torch_enf.pretrained`: its options, selected weights and a model card
-built from the run's results.json and what is given here.
+:mod:`torch_enf.pretrained`: its configuration, selected weights and a
+model card built from the run's results.json and what is given here.
 
 Usage::
 
@@ -13,7 +13,7 @@ import argparse
 import json
 import os.path as osp
 
-from torch_enf.pretrained import WEIGHTS_DIR, export_model
+from torch_enf.pretrained import WEIGHTS_DIR, load_model, save_model
 
 CARD_METRICS = ('test_nll', 'test_nll_stderr', 'num_test', 'nfe',
                 'published_test_nll', 'js_distances', 'js_energy',
@@ -21,8 +21,8 @@ CARD_METRICS = ('test_nll', 'test_nll_stderr', 'num_test', 'nfe',
                 'uniqueness', 'num_samples')
 CARD_TRAINING = ('objective', 'n_train', 'epochs_completed', 'steps',
                  'batch_size', 'lr', 'ema', 'time_budget_h',
-                 'training_wall_clock_s', 'threads', 'device', 'best_epoch',
-                 'eval_tol', 'eval_trace')
+                 'training_wall_clock_s', 'threads', 'best_epoch',
+                 'eval_trace')
 
 
 def main() -> None:
@@ -55,11 +55,14 @@ def main() -> None:
                 training={key: results[key] for key in CARD_TRAINING
                           if key in results},
                 metrics=metrics)
+    found = load_model(args.run)
+    card['sampler'] = found.sampler.to_dict()
     if args.sampler:
         method, steps = args.sampler.split(':')
-        card['sampler'] = dict(method=method, num_steps=int(steps))
+        card['sampler'] = found.sampler.replace(
+            method=method, num_steps=int(steps)).to_dict()
     path = WEIGHTS_DIR / f'{args.name}.pt'
-    export_model(args.run, str(path), card)
+    save_model(found.model, found.task, str(path), card)
     print(f'{path} ({osp.getsize(path) / 1024:.0f} KiB)')
     print(json.dumps(card, indent=2))
 

@@ -5,7 +5,8 @@ from torch_enf.systems import (DoubleWellEnergy, LennardJonesEnergy,
                                MALASampler, ParticleEnergy)
 
 from .molecules import MoleculeDataset
-from .particles import DW4, LJ13, LJ13Halved, LJ55, ParticleSystem
+from .particles import (DW4, LJ13, LJ55, PARTICLE_SYSTEMS, LJ13Halved,
+                        ParticleSystem)
 from .points import PointCloudDataset
 from .qm9 import QM9
 
@@ -22,4 +23,5 @@ __all__ = [
     'LJ13',
     'LJ13Halved',
     'LJ55',
+    'PARTICLE_SYSTEMS',
 ]

@@ -232,3 +232,8 @@ class LJ55(ParticleSystem):
     energy = LennardJonesEnergy(num_particles=55)
     pool_sizes = {'train': 10_000, 'valid': 1_000, 'test': 1_000}
     sampler_defaults = dict(num_chains=500, burn_in=5000, thinning=100)
+
+
+PARTICLE_SYSTEMS: Dict[str, type] = {'dw4': DW4, 'lj13': LJ13,
+                                     'lj13-halved': LJ13Halved, 'lj55': LJ55}
+r"""The particle systems by the name of their task."""

@@ -13,8 +13,8 @@ from torch_geometric.data import Batch, Data, Dataset
 
 from torch_enf.boltzmann import (entropy_bracket, importance_weights,
                                  log_partition_function)
-from torch_enf.datasets import (DW4, LJ13, LJ55, LJ13Halved,
-                                ParticleSystem, PointCloudDataset)
+from torch_enf.datasets import (PARTICLE_SYSTEMS, ParticleSystem,
+                                PointCloudDataset)
 from torch_enf.flows import ENFlow
 from torch_enf.io import atomic_path
 from torch_enf.metrics import compare_samples
@@ -255,21 +255,19 @@ class SystemTask(PointCloudTask):
         return self.system(self.root, 'test', source=path)
 
 
-def _system_task(name: str, system: Type[ParticleSystem],
-                 description: str) -> Type[SystemTask]:
-    task = type(f'{system.__name__}Task', (SystemTask, ),
-                dict(system=system, description=description,
-                     __doc__=f'The {name} task: {description}.'))
-    return register_task(name)(task)
+SYSTEM_DESCRIPTIONS = {
+    'dw4': 'DW4, 4 particles in a 2D double-well potential (E-NF paper, '
+           'Table 1)',
+    'lj13': 'LJ13, 13 Lennard-Jones particles in 3D, the double-counted '
+            'pair sum of the published splits',
+    'lj13-halved': 'LJ13 with the physical (halved) pair sum',
+    'lj55': 'LJ55, 55 Lennard-Jones particles in 3D',
+}
 
-
-_system_task('dw4', DW4, 'DW4, 4 particles in a 2D double-well potential '
-             '(E-NF paper, Table 1)')
-_system_task('lj13', LJ13, 'LJ13, 13 Lennard-Jones particles in 3D, the '
-             "double-counted pair sum of the published splits")
-_system_task('lj13-halved', LJ13Halved, 'LJ13 with the physical (halved) '
-             'pair sum')
-_system_task('lj55', LJ55, 'LJ55, 55 Lennard-Jones particles in 3D')
+for _name, _system in PARTICLE_SYSTEMS.items():
+    register_task(_name)(type(f'{_system.__name__}Task', (SystemTask, ), dict(
+        system=_system, description=SYSTEM_DESCRIPTIONS[_name],
+        __doc__=f'The {_name} task: {SYSTEM_DESCRIPTIONS[_name]}.')))
 
 
 @register_task('points')
