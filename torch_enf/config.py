@@ -70,7 +70,7 @@ class Config:
         r"""The fields whose values differ, as :obj:`(name, self's value,
         other's value)`, nested fields named with dots
         (:obj:`"flow.hidden_channels"`)."""
-        return _differences(self.to_dict(), other.to_dict(), '')
+        return differences(self.to_dict(), other.to_dict())
 
 
 def _plain(value: Any) -> Any:
@@ -100,13 +100,15 @@ def _typed(value: Any, hint: Any) -> Any:
     return value
 
 
-def _differences(a: Dict[str, Any], b: Dict[str, Any],
-                 prefix: str) -> List[Tuple[str, Any, Any]]:
+def differences(a: Dict[str, Any], b: Dict[str, Any],
+                prefix: str = '') -> List[Tuple[str, Any, Any]]:
+    r"""The entries of two nested dictionaries of plain data that differ,
+    as :obj:`(dotted name, a's value, b's value)`."""
     found = []
     for key in sorted(set(a) | set(b)):
         left, right = a.get(key), b.get(key)
         if isinstance(left, dict) and isinstance(right, dict):
-            found.extend(_differences(left, right, f'{prefix}{key}.'))
+            found.extend(differences(left, right, f'{prefix}{key}.'))
         elif left != right:
             found.append((f'{prefix}{key}', left, right))
     return found

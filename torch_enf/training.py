@@ -24,7 +24,7 @@ from typing import (Any, Callable, ClassVar, Dict, FrozenSet, Iterable,
 import torch
 from tqdm.auto import tqdm
 
-from torch_enf.config import Config, _differences
+from torch_enf.config import Config, differences
 from torch_enf.distributed import (DistributedContext, any_over_processes,
                                    barrier, broadcast_from_main,
                                    mean_over_processes, wrap_model)
@@ -395,7 +395,7 @@ def run_differences(stored: Dict[str, Any], current: Dict[str, Any]
     value)`: all but :obj:`fit.<name>` for the names in
     :obj:`FitConfig.RESUMABLE_FIELDS`."""
     resumable = {f'fit.{name}' for name in FitConfig.RESUMABLE_FIELDS}
-    return [difference for difference in _differences(stored, current, '')
+    return [difference for difference in differences(stored, current)
             if difference[0] not in resumable]
 
 

@@ -263,9 +263,9 @@ class MoleculesTask(MoleculeTask):
         return dict(name=self.name, atomic_numbers=list(self.atomic_numbers))
 
     def defaults(self, objective: str, quick: bool) -> Dict[str, Any]:
-        return dict(epochs=100, batch_size=64, lr=4e-3, hidden_channels=64,
+        return dict(epochs=1000, batch_size=64, lr=4e-3, hidden_channels=64,
                     num_layers=4, num_radial=16, class_margin=2.0,
-                    lr_schedule='cosine', ema_decay=0.999, eval_every=5,
+                    lr_schedule='cosine', ema_decay=0.999, eval_every=25,
                     num_valid=256, num_test=256, trace='hutchinson',
                     solver='midpoint', num_steps=25, tol=1e-4,
                     regularization_weight=1e-3, bf16=objective == 'fm',
