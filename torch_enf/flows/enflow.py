@@ -247,6 +247,10 @@ class ENFlow(torch.nn.Module):
                               graph, adjoint, adjoint_seminorm,
                               hutchinson_noise)
         self._architecture = None if dynamics is not None else config
+        # One probe is drawn from the global generator before the parameters,
+        # as torch-enf 0.1 did, so that seeded runs initialise as they did
+        # and the documented commands reproduce the documented numbers.
+        sample_probe(torch.zeros(1), hutchinson_noise)
         self.n_dims = n_dims
         self.node_channels = node_channels
         if dynamics is None:
