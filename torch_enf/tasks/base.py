@@ -204,8 +204,9 @@ class Task(ABC):
 
     @abstractmethod
     def datasets(self, data: DataConfig, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Splits:
-        r"""The training, validation and test sets."""
+                 log: bool = True) -> Splits:
+        r"""The training, validation and test sets; :obj:`log` prints what
+        processing the data skipped."""
 
     @abstractmethod
     def build_model(self, options: ModelOptions, splits: Splits
@@ -356,8 +357,7 @@ def _train(task: Task, run: RunConfig, objective: Objective,
            log: Callable[[str], None]) -> Optional[Dict[str, Any]]:
     torch.manual_seed(run.seed)
     progress = progress and context.is_main
-    splits = task.datasets(run.data, progress, log if context.is_main
-                           else _quiet)
+    splits = task.datasets(run.data, progress, log=context.is_main)
     if len(splits.train) < run.batch_size * context.world_size:
         raise ValueError(f'The training set holds {len(splits.train)} '
                          f'graphs, fewer than one batch of {run.batch_size}'
@@ -476,6 +476,3 @@ def prepare_output(path: str, overwrite: bool) -> str:
         raise ValueError(f'{path}: the folder {folder} is not writable')
     return path
 
-
-def _quiet(line: str) -> None:
-    del line

@@ -64,7 +64,7 @@ class QM9PositionalTask(PointCloudTask):
         return defaults
 
     def datasets(self, data: DataConfig, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Splits:
+                 log: bool = True) -> Splits:
         return _qm9_splits(data, positional=True, log=log)
 
     def evaluate(self, model: torch.nn.Module, splits: Splits,
@@ -237,7 +237,7 @@ class QM9Task(MoleculeTask):
         return defaults
 
     def datasets(self, data: DataConfig, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Splits:
+                 log: bool = True) -> Splits:
         return _qm9_splits(data, positional=False, log=log)
 
 
@@ -279,32 +279,28 @@ class MoleculesTask(MoleculeTask):
         return options.graph
 
     def datasets(self, data: DataConfig, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Splits:
+                 log: bool = True) -> Splits:
         if data.files is None:
             raise ValueError("The 'molecules' task needs --data (an .sdf, "
                              ".xyz or .npz file, a folder or a glob)")
         root = user_data_root(data, 'molecules')
         options = dict(atomic_numbers=self.atomic_numbers or None,
                        max_num_atoms=data.max_num_atoms,
-                       seed=data.split_seed, log=log is print)
-        train = MoleculeDataset(root, data.files, 'train', **options)
-        self.atomic_numbers = tuple(train.atomic_numbers)
-        options['atomic_numbers'] = self.atomic_numbers
-        splits = Splits(train,
-                        MoleculeDataset(root, data.files, 'valid', **options),
-                        MoleculeDataset(root, data.files, 'test', **options))
+                       seed=data.split_seed, log=log)
+        splits = Splits(*(MoleculeDataset(root, data.files, split, **options)
+                          for split in ('train', 'valid', 'test')))
+        self.atomic_numbers = tuple(splits.train.atomic_numbers)
         return splits._replace(train=subset(splits.train, data.n_train,
                                             data.split_seed))
 
 
-def _qm9_splits(data: DataConfig, positional: bool,
-                log: Callable[[str], None]) -> Splits:
+def _qm9_splits(data: DataConfig, positional: bool, log: bool) -> Splits:
     root = osp.join(data.root, 'QM9')
     source = data.files or 'auto'
 
     def split(name: str) -> QM9:
         return QM9(root, name, positional=positional, source=source,
-                   log=log is print)
+                   log=log)
 
     return Splits(subset(split('train'), data.n_train, data.split_seed),
                   split('valid'), split('test'))

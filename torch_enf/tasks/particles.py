@@ -5,7 +5,7 @@ distances and energies of samples; and :obj:`points`, the user's own
 configurations of any dimension from a :obj:`.npy` file."""
 import os.path as osp
 from abc import abstractmethod
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -243,7 +243,7 @@ class SystemTask(PointCloudTask):
         return defaults
 
     def datasets(self, data: DataConfig, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Splits:
+                 log: bool = True) -> Splits:
         self.root = osp.join(data.root, self.name)
         return Splits(
             self.system(self.root, 'train', n_train=data.n_train,
@@ -299,14 +299,14 @@ class PointsTask(PointCloudTask):
         return self._shape
 
     def datasets(self, data: DataConfig, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Splits:
+                 log: bool = True) -> Splits:
         if data.files is None:
             raise ValueError("The 'points' task needs --data FILE.npy "
                              "([num_samples, num_nodes, n_dims])")
         root = user_data_root(data, 'points')
         splits = Splits(*(PointCloudDataset(
             root, data.files, split=split, seed=data.split_seed,
-            log=log is print) for split in ('train', 'valid', 'test')))
+            log=log) for split in ('train', 'valid', 'test')))
         splits = splits._replace(train=subset(splits.train, data.n_train,
                                               data.split_seed))
         pos = splits.train[0].pos
