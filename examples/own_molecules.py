@@ -25,7 +25,7 @@ from torch_geometric.loader import DataLoader
 from torch_enf.evaluation import evaluate_nll
 from torch_enf.flows import SolverOptions
 from torch_enf.objectives import FlowMatching
-from torch_enf.pretrained import save_model
+from torch_enf.storage import save_model
 from torch_enf.tasks import (DataConfig, EvaluationConfig, ModelOptions,
                              get_task)
 from torch_enf.training import FitConfig, fit
@@ -60,7 +60,7 @@ def main() -> None:
         num_test=256, num_samples=1000,
         solver=SolverOptions('dopri5', 1e-4, 1e-4),
         sampler=SolverOptions('midpoint', num_steps=25)), args.out)
-    save_model(model, task, osp.join(args.out, 'model.pt'),
+    save_model(model, osp.join(args.out, 'model.pt'), task.state(),
                card=dict(metrics=results))
     print(json.dumps(results, indent=2))
 

@@ -13,7 +13,8 @@ import argparse
 import json
 import os.path as osp
 
-from torch_enf.pretrained import WEIGHTS_DIR, load_model, save_model
+from torch_enf.pretrained import WEIGHTS_DIR, load_model
+from torch_enf.storage import save_model
 
 CARD_METRICS = ('test_nll', 'test_nll_stderr', 'num_test', 'nfe',
                 'published_test_nll', 'js_distances', 'js_energy',
@@ -62,7 +63,7 @@ def main() -> None:
         card['sampler'] = found.sampler.replace(
             method=method, num_steps=int(steps)).to_dict()
     path = WEIGHTS_DIR / f'{args.name}.pt'
-    save_model(found.model, found.task, str(path), card)
+    save_model(found.model, str(path), found.task.state(), card)
     print(f'{path} ({osp.getsize(path) / 1024:.0f} KiB)')
     print(json.dumps(card, indent=2))
 

@@ -19,8 +19,8 @@ from torch_geometric.data import Batch, Data
 from torch_enf.cli import main
 from torch_enf.flows import SolverOptions
 from torch_enf.pretrained import (available_models, load_model,
-                                  load_pretrained, model_card, read_model,
-                                  save_model)
+                                  load_pretrained, model_card, read_model)
+from torch_enf.storage import save_model
 from torch_enf.tasks import get_task
 
 TINY = ['--hidden', 8, '--layers', 1, '--epochs', 2, '--batch-size', 8,
@@ -282,7 +282,7 @@ def test_a_model_file_is_rebuilt_from_its_configuration_alone(
         molecule_run, tmp_path):
     found = load_model(molecule_run)
     path = str(tmp_path / 'again.pt')
-    save_model(found.model, found.task, path, card=dict(note='tiny'))
+    save_model(found.model, path, found.task.state(), card=dict(note='tiny'))
     stored = read_model(path)
     assert set(stored.model) == {'name', 'config'}
     assert json.loads(json.dumps(stored.model)) == stored.model

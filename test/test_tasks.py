@@ -63,7 +63,7 @@ def test_flags_become_configurations_with_task_defaults():
     (['dw4', '--num-steps', '3'], 'needs a fixed-step --solver'),
     (['dw4', '--solver', 'rk4'], 'needs --num-steps'),
     (['dw4', '--tol', '1e-30'], '--tol must lie'),
-    (['dw4', '--graph', 'sparse'], "--graph must be 'full'"),
+    (['dw4', '--graph', 'sparse'], "--graph must be 'auto', 'full'"),
     (['dw4', '--objective', 'ml', '--bf16'], '--bf16 is for flow matching'),
     (['dw4', '--lr', '-1'], 'lr'),
     (['dw4', '--published-test', 'missing.npy'], 'is not a file'),
@@ -109,6 +109,10 @@ def test_molecule_task_builds_a_flow_for_the_elements_of_its_data():
     small = task.build_model(ModelOptions(hidden_channels=8, num_layers=1),
                              Splits(in_memory(data[:2]), data, data))
     assert small.flow.graph == 'full'
+    forced = task.build_model(ModelOptions(hidden_channels=8, num_layers=1,
+                                           graph='full'),
+                              Splits(in_memory(data), data, data))
+    assert forced.flow.graph == 'full'
 
 
 def test_fit_config_checks_its_fields():

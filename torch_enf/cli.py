@@ -203,8 +203,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help='Gaussian distance features per edge (default: '
                    'none, only the squared distance)')
     m.add_argument('--radial-cutoff', type=float, default=5.0)
-    m.add_argument('--graph', default='full',
-                   help="'full' or a cutoff radius for radius graphs")
+    m.add_argument('--graph', default='auto',
+                   help="'full', a cutoff radius for radius graphs, or "
+                   "'auto' (the task's choice: radius graphs of 5 Angstrom "
+                   "for molecules of more than 40 atoms)")
     m.add_argument('--no-adjoint', action='store_true',
                    help='ml: back-propagate through the solver')
     m.add_argument('--dequantizer', choices=sorted(DEQUANTIZERS),
@@ -362,13 +364,13 @@ def run_configs(args: argparse.Namespace):
 
 
 def _graph(value: str):
-    if value == 'full':
+    if value in ('auto', 'full'):
         return value
     try:
         return float(value)
     except ValueError:
-        raise CommandError(f"--graph must be 'full' or a radius (got "
-                           f"{value!r})") from None
+        raise CommandError(f"--graph must be 'auto', 'full' or a radius "
+                           f"(got {value!r})") from None
 
 
 def _tolerance(value: float, flag: str) -> SolverOptions:

@@ -2,15 +2,20 @@ r"""Files that must survive a kill: atomic writes of checkpoints, model
 files and results, and the reading of training checkpoints."""
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
+from torch_enf.config import CONFIG_FORMAT
+from torch_enf.flows import model_config
 from torch_enf.io import atomic_path
 
 CHECKPOINT_FORMAT = 'torch-enf-checkpoint'
 r"""The :obj:`format` entry of the checkpoints that
 :func:`torch_enf.training.fit` writes."""
+
+MODEL_FORMAT = 'torch-enf-model'
+r"""The :obj:`format` entry of the model files of :func:`save_model`."""
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -38,3 +43,29 @@ def load_checkpoint(path: str, map_location: Any = 'cpu') -> Dict[str, Any]:
     return checkpoint
 
 
+
+
+def save_model(model: torch.nn.Module, path: str, task: Dict[str, Any],
+               card: Optional[Dict[str, Any]] = None) -> None:
+    r"""Writes :obj:`model` as one small model file (atomically) with its
+    configuration (:func:`~torch_enf.flows.model_config`), the state of its
+    task (:meth:`~torch_enf.tasks.Task.state`) and a :obj:`card` of plain
+    data, loadable with :obj:`weights_only=True` and rebuilt by
+    :func:`torch_enf.pretrained.load_model`."""
+    atomic_save(dict(format=MODEL_FORMAT, version=CONFIG_FORMAT,
+                     model=model_config(model), task=dict(task),
+                     state_dict={k: v.detach().cpu().contiguous()
+                                 for k, v in model.state_dict().items()},
+                     card=_plain(card or {})), path)
+
+
+def _plain(value: Any) -> Any:
+    r"""Cards as plain Python values (loadable with
+    :obj:`weights_only=True`)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

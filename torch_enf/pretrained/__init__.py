@@ -19,17 +19,14 @@ files are read with :obj:`weights_only=True` and need no network.
 import os
 import os.path as osp
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Union
 
 import torch
 
 from torch_enf.config import CONFIG_FORMAT
-from torch_enf.flows import SolverOptions, model_config, model_from_config
-from torch_enf.storage import CHECKPOINT_FORMAT, atomic_save
+from torch_enf.flows import SolverOptions, model_from_config
+from torch_enf.storage import CHECKPOINT_FORMAT, MODEL_FORMAT
 from torch_enf.tasks import Task, task_from_state
-
-MODEL_FORMAT = 'torch-enf-model'
-r"""The :obj:`format` entry of a model file."""
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'weights'
 
@@ -91,8 +88,8 @@ def read_model(name_or_path: Union[str, os.PathLike]) -> ModelFile:
     r"""Reads, without building the model,
 
     * the name of a shipped model (:func:`available_models`);
-    * a model file written by :func:`save_model` (a training run writes
-      :obj:`OUT/model.pt`);
+    * a model file written by :func:`torch_enf.storage.save_model` (a
+      training run writes :obj:`OUT/model.pt`);
     * a training checkpoint (:obj:`OUT/checkpoint.pt`): the model as trained
       so far, its moving average where there is one;
     * a run folder (:obj:`OUT`): its model file if the run finished, else
@@ -125,18 +122,6 @@ def read_model(name_or_path: Union[str, os.PathLike]) -> ModelFile:
                      f'checkpoint or run folder (a plain state dict such as '
                      f'best.pt lacks the configuration to rebuild the model:'
                      f' pass its run folder instead)')
-
-
-def save_model(model: torch.nn.Module, task: Task, path: str,
-               card: Optional[Dict[str, Any]] = None) -> None:
-    r"""Writes :obj:`model` as one small model file (atomically) with its
-    configuration, its task's state and :obj:`card`, loadable with
-    :obj:`weights_only=True`."""
-    atomic_save(dict(format=MODEL_FORMAT, version=CONFIG_FORMAT,
-                     model=model_config(model), task=task.state(),
-                     state_dict={k: v.detach().cpu().contiguous()
-                                 for k, v in model.state_dict().items()},
-                     card=_plain(card or {})), path)
 
 
 def _shipped_path(name: str) -> Path:
@@ -183,15 +168,3 @@ def _checkpoint_metadata(path: str, content: Dict[str, Any]
                          f'torch_enf.tasks.train), so the model cannot be '
                          f'rebuilt from it')
     return metadata
-
-
-def _plain(value: Any) -> Any:
-    r"""Cards as plain Python values (loadable with
-    :obj:`weights_only=True`)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

@@ -18,7 +18,7 @@ from torch_enf.distributed import (DistributedContext, init_distributed,
 from torch_enf.evaluation import NLLEstimate, evaluate_nll
 from torch_enf.flows import EvaluationCount, SolverOptions, model_config
 from torch_enf.objectives import Objective
-from torch_enf.storage import atomic_save
+from torch_enf.storage import atomic_save, save_model
 from torch_enf.training import FitConfig, FitState, fit
 from torch_enf.utils import Registry, json_safe
 
@@ -57,13 +57,15 @@ class ModelOptions(Config):
     r"""The architecture of a task's model, before the data fixes its
     dimensions (the element set, :math:`p(M)`, the space): see
     :class:`~torch_enf.flows.ENFlowConfig` and
-    :class:`~torch_enf.flows.MoleculeFlowConfig`. The dequantiser, class
+    :class:`~torch_enf.flows.MoleculeFlowConfig`. :obj:`graph` is
+    :obj:`"full"`, a cutoff radius, or :obj:`"auto"`: the task's choice for
+    the size of its graphs (see :meth:`Task.graph`). The dequantiser, class
     margin and ActNorm apply to molecule models only."""
     hidden_channels: int = 64
     num_layers: int = 6
     num_radial: int = 0
     radial_cutoff: float = 5.0
-    graph: Union[str, float] = 'full'
+    graph: Union[str, float] = 'auto'
     adjoint: bool = True
     dequantizer: str = 'argmax'
     class_margin: float = 0.0
@@ -77,10 +79,10 @@ class ModelOptions(Config):
         if self.num_radial < 0 or self.num_radial == 1:
             raise ValueError(f'num_radial must be at least 2, or 0 for none '
                              f'(got {self.num_radial})')
-        if self.graph != 'full' and not (
+        if self.graph not in ('auto', 'full') and not (
                 isinstance(self.graph, (int, float)) and self.graph > 0):
-            raise ValueError(f"graph must be 'full' or a positive radius "
-                             f"(got {self.graph!r})")
+            raise ValueError(f"graph must be 'auto', 'full' or a positive "
+                             f"radius (got {self.graph!r})")
         if not self.class_margin >= 0:
             raise ValueError(f'class_margin must be non-negative (got '
                              f'{self.class_margin})')
@@ -212,6 +214,13 @@ class Task(ABC):
     def build_model(self, options: ModelOptions, splits: Splits
                     ) -> torch.nn.Module:
         r"""An untrained model of the task for the data of :obj:`splits`."""
+
+    def graph(self, options: ModelOptions,
+              max_num_nodes: int) -> Union[str, float]:
+        r"""The graph of the vector field for graphs of up to
+        :obj:`max_num_nodes` nodes: :obj:`options.graph`, where
+        :obj:`"auto"` means fully connected graphs."""
+        return 'full' if options.graph == 'auto' else options.graph
 
     def num_nodes(self) -> Optional[int]:
         r"""The size of every sampled graph, or :obj:`None` for models that
@@ -390,8 +399,7 @@ def _train(task: Task, run: RunConfig, objective: Objective,
     results.update(run_summary(run, state), task=task.name,
                    n_train=len(splits.train), world_size=context.world_size)
     atomic_save(json_safe(results), osp.join(out, 'results.json'))
-    from torch_enf.pretrained import save_model
-    save_model(model, task, osp.join(out, 'model.pt'), card=dict(
+    save_model(model, osp.join(out, 'model.pt'), task.state(), card=dict(
         name=task.name, description=task.description,
         training=run.to_dict(), evaluation=evaluation.to_dict(),
         sampler=evaluation.sampler.to_dict(), metrics=json_safe(results)))

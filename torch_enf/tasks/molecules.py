@@ -144,10 +144,6 @@ class MoleculeTask(Task):
             model.initialize(Batch.from_data_list(train[:500]))
         return model
 
-    def graph(self, options: ModelOptions, max_num_atoms: int):
-        r"""The graph of the vector field: as the options say."""
-        return options.graph
-
     def evaluate(self, model: torch.nn.Module, splits: Splits,
                  evaluation: EvaluationConfig, out: str,
                  progress: bool = True) -> Dict[str, Any]:
@@ -247,8 +243,9 @@ class MoleculesTask(MoleculeTask):
     :obj:`.xyz` (multi-frame) or :obj:`.npz` files
     (:class:`~torch_enf.datasets.MoleculeDataset`), with the element set
     and :math:`p(M)` found in the data and a seeded 80/10/10 split written
-    beside the processed data. Molecules with more than
-    :obj:`RADIUS_GRAPH_ATOMS` atoms train on radius graphs.
+    beside the processed data. Data sets whose largest molecule has more
+    than :obj:`RADIUS_GRAPH_ATOMS` atoms train on radius graphs (unless
+    :obj:`graph` says otherwise).
 
     Args:
         atomic_numbers (sequence of int, optional): The element set (found
@@ -273,10 +270,13 @@ class MoleculesTask(MoleculeTask):
                     dequantizer='argmax' if objective == 'fm'
                     else 'variational')
 
-    def graph(self, options: ModelOptions, max_num_atoms: int):
-        if options.graph == 'full' and max_num_atoms > RADIUS_GRAPH_ATOMS:
+    def graph(self, options: ModelOptions, max_num_nodes: int):
+        r"""Radius graphs of :obj:`RADIUS_GRAPH_CUTOFF` Angstrom for
+        :obj:`graph="auto"` when the largest molecule has more than
+        :obj:`RADIUS_GRAPH_ATOMS` atoms."""
+        if options.graph == 'auto' and max_num_nodes > RADIUS_GRAPH_ATOMS:
             return RADIUS_GRAPH_CUTOFF
-        return options.graph
+        return super().graph(options, max_num_nodes)
 
     def datasets(self, data: DataConfig, progress: bool = True,
                  log: bool = True) -> Splits:

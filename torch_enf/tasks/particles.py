@@ -76,7 +76,8 @@ class PointCloudTask(Task):
         return ENFlow(self.shape()[1], 0, options.hidden_channels,
                       options.num_layers, num_radial=options.num_radial,
                       radial_cutoff=options.radial_cutoff,
-                      graph=options.graph, adjoint=options.adjoint)
+                      graph=self.graph(options, self.shape()[0]),
+                      adjoint=options.adjoint)
 
     def trace(self, requested: Optional[str]) -> str:
         if requested is not None:
