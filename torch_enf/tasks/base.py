@@ -440,14 +440,6 @@ def test_nll(model: torch.nn.Module, test: Dataset, trace: str,
                         progress=progress)
 
 
-def nll_results(estimate: NLLEstimate, prefix: str = 'test'
-                ) -> Dict[str, Any]:
-    r"""The entries of a results file for an NLL estimate."""
-    return {f'{prefix}_nll': estimate.nll,
-            f'{prefix}_nll_stderr': estimate.stderr,
-            f'num_{prefix}': estimate.num_graphs, 'nfe': estimate.num_evals}
-
-
 def draw_samples(task: Task, model: torch.nn.Module, num_samples: int,
                  solver: SolverOptions, seed: int, progress: bool,
                  batch_size: int = 100) -> Tuple[Batch, float]:
@@ -461,6 +453,24 @@ def draw_samples(task: Task, model: torch.nn.Module, num_samples: int,
                           solver=solver, counter=counter)
     solves = -(-num_samples // batch_size)
     return samples.cpu(), counter.value / solves
+
+
+def likelihood_and_samples(task: Task, model: torch.nn.Module,
+                           test: Dataset, evaluation: EvaluationConfig,
+                           progress: bool, batch_size: int = 100
+                           ) -> Tuple[Dict[str, Any], NLLEstimate, Batch]:
+    r"""What every evaluation starts with: the test NLL of :obj:`test` (in
+    the task's trace) and samples of the model, as results entries, the
+    estimate and the samples."""
+    trace = task.trace(evaluation.trace)
+    estimate = test_nll(model, test, trace, evaluation.solver, progress)
+    samples, nfe = draw_samples(task, model, evaluation.num_samples,
+                                evaluation.sampler, evaluation.seed,
+                                progress, batch_size)
+    results = dict(test_nll=estimate.nll, test_nll_stderr=estimate.stderr,
+                   num_test=estimate.num_graphs, nfe=estimate.num_evals,
+                   eval_trace=trace, sampling_nfe=nfe)
+    return results, estimate, samples
 
 
 def default_sampler(tol: float) -> SolverOptions:

@@ -18,9 +18,8 @@ from torch_enf.flows import (ENFlowConfig, MoleculeFlow,
 from torch_enf.io import read_molecules, write_sdf, write_xyz
 from torch_enf.tasks.base import (DataConfig, EvaluationConfig,
                                   ModelOptions, Splits, Structures, Task,
-                                  degenerate, draw_samples, nll_results,
-                                  register_task, subset, test_nll,
-                                  user_data_root)
+                                  degenerate, likelihood_and_samples,
+                                  register_task, subset, user_data_root)
 from torch_enf.tasks.particles import PointCloudTask
 
 DISTANCE_RANGE = (0.0, 13.0)
@@ -48,6 +47,7 @@ class QM9PositionalTask(PointCloudTask):
     description = ('positions of the 19-atom QM9 molecules (E-NF paper, '
                    'Table 2)')
     default_trace = 'exact'
+    distance_range = DISTANCE_RANGE
 
     def shape(self):
         return QM9.positional_num_atoms, 3
@@ -74,29 +74,12 @@ class QM9PositionalTask(PointCloudTask):
         distances of samples and training molecules (as in the paper),
         with a picture."""
         test = subset(splits.test, evaluation.num_test, evaluation.seed)
-        trace = self.trace(evaluation.trace)
-        results = dict(nll_results(test_nll(model, test, trace,
-                                            evaluation.solver, progress)),
-                       eval_trace=trace)
-        samples, results['sampling_nfe'] = draw_samples(
-            self, model, evaluation.num_samples, evaluation.sampler,
-            evaluation.seed, progress)
+        results, _, samples = likelihood_and_samples(self, model, test,
+                                                     evaluation, progress)
         results.update(self.sample_metrics(samples, splits.train))
         self.write_samples(samples, osp.join(out, 'samples.npy'),
                            osp.join(out, 'distances.png'), splits.train)
         return results
-
-    def sample_metrics(self, samples: Batch,
-                       reference: Optional[Dataset] = None
-                       ) -> Dict[str, Any]:
-        from torch_enf.metrics import compare_samples
-        if reference is None:
-            return dict(num_samples=samples.num_graphs)
-        comparison = compare_samples(self._array(samples),
-                                     self._array(reference),
-                                     dist_range=DISTANCE_RANGE)
-        return dict(comparison.metrics(), num_samples=samples.num_graphs,
-                    num_reference=len(reference))
 
     def read_structures(self, path: str, model: torch.nn.Module
                         ) -> Structures:
@@ -151,13 +134,8 @@ class MoleculeTask(Task):
         number of test molecules, and the samples as XYZ, SDF and a
         picture."""
         test = subset(splits.test, evaluation.num_test, evaluation.seed)
-        trace = self.trace(evaluation.trace)
-        results = dict(nll_results(test_nll(model, test, trace,
-                                            evaluation.solver, progress)),
-                       eval_trace=trace)
-        samples, results['sampling_nfe'] = draw_samples(
-            self, model, evaluation.num_samples, evaluation.sampler,
-            evaluation.seed, progress)
+        results, _, samples = likelihood_and_samples(self, model, test,
+                                                     evaluation, progress)
         reference = splits.train if evaluation.novelty else None
         results.update(self.sample_metrics(samples, reference))
         held_out = Batch.from_data_list(list(subset(

@@ -21,7 +21,7 @@ from torch_enf.metrics import compare_samples
 from torch_enf.systems import ParticleEnergy
 from torch_enf.tasks.base import (DataConfig, EvaluationConfig,
                                   ModelOptions, Splits, Structures, Task,
-                                  degenerate, draw_samples, nll_results,
+                                  degenerate, likelihood_and_samples,
                                   register_task, subset, test_nll,
                                   user_data_root)
 
@@ -61,6 +61,9 @@ class PointCloudTask(Task):
     sample_suffixes = ('.npy', '.pt')
     score_suffixes = ('.npy', )
     energy: Optional[ParticleEnergy] = None
+    distance_range: Optional[Tuple[float, float]] = None
+    r"""The range of the distance histograms (by default from the
+    reference data)."""
 
     @abstractmethod
     def shape(self) -> Tuple[int, int]:
@@ -92,28 +95,31 @@ class PointCloudTask(Task):
         energy) histograms of samples against the test data with a
         picture, and with :obj:`boltzmann_samples` the importance
         weights."""
-        trace = self.trace(evaluation.trace)
         test = subset(splits.test, evaluation.num_test)
-        estimate = test_nll(model, test, trace, evaluation.solver, progress)
-        results = dict(nll_results(estimate), eval_trace=trace)
+        results, estimate, samples = likelihood_and_samples(
+            self, model, test, evaluation, progress,
+            self.sample_batch_size())
         if evaluation.published_test:
             published = subset(self.published_split(
                 evaluation.published_test), evaluation.num_test)
-            other = test_nll(model, published, trace, evaluation.solver,
-                             progress)
+            other = test_nll(model, published, results['eval_trace'],
+                             evaluation.solver, progress)
             results.update(published_test_nll=other.nll,
                            published_test_nll_stderr=other.stderr)
-        samples, results['sampling_nfe'] = draw_samples(
-            self, model, evaluation.num_samples, evaluation.sampler,
-            evaluation.seed, progress, self.sample_batch_size())
-        results.update(self.sample_metrics(samples, test))
+        reference = self.reference(splits)
+        results.update(self.sample_metrics(samples, reference))
         self.write_samples(samples, osp.join(out, 'samples.npy'),
-                           osp.join(out, 'samples.png'), test)
+                           osp.join(out, 'samples.png'), reference)
         if evaluation.boltzmann_samples and self.energy is not None:
             results.update(self.boltzmann_metrics(
-                model, test, estimate.values, evaluation, out, trace,
-                progress))
+                model, test, estimate.values, evaluation, out,
+                results['eval_trace'], progress))
         return results
+
+    def reference(self, splits: Splits) -> Dataset:
+        r"""The configurations samples are compared with: the test
+        split."""
+        return splits.test
 
     def published_split(self, path: str) -> Dataset:
         raise ValueError(f"The task '{self.name}' has no published test "
@@ -128,9 +134,10 @@ class PointCloudTask(Task):
         if reference is None:
             return dict(num_samples=samples.num_graphs)
         comparison = compare_samples(self._array(samples),
-                                     self._array(reference),
-                                     self.energy)
-        return dict(comparison.metrics(), num_samples=samples.num_graphs)
+                                     self._array(reference), self.energy,
+                                     self.distance_range)
+        return dict(comparison.metrics(), num_samples=samples.num_graphs,
+                    num_reference=len(reference))
 
     def write_samples(self, samples: Batch, path: str,
                       picture: Optional[str] = None,
@@ -152,7 +159,7 @@ class PointCloudTask(Task):
                 else None
             comparison = compare_samples(
                 positions, data if data is not None else positions,
-                self.energy)
+                self.energy, self.distance_range)
             plot_sample_comparison(
                 comparison, picture,
                 f'{self.name}: {positions.size(0)} samples' +
