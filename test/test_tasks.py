@@ -90,7 +90,7 @@ def test_molecule_task_builds_a_flow_for_the_elements_of_its_data():
     from torch_enf.datasets.molecules import node_features
     data = [Data(pos=torch.randn(n, 3), z=torch.tensor([6, 16] + [1] * (
         n - 2)), h=node_features(torch.tensor([6, 16] + [1] * (n - 2)),
-                                 [1, 6, 16])) for n in (3, 5, 60)]
+                                 [1, 6, 16])) for n in (3, 5, 120)]
 
     def in_memory(graphs):  # a list with the slices of an InMemoryDataset
         sized = type('Sized', (list, ), {})(graphs)
@@ -103,9 +103,9 @@ def test_molecule_task_builds_a_flow_for_the_elements_of_its_data():
                              Splits(in_memory(data), data, data))
     assert model.dequantizer.margin == 1.5
     assert model.atomic_numbers.tolist() == [1, 6, 16]
-    assert model.flow.graph == 5.0  # 60 atoms: radius graphs
+    assert model.flow.graph == 5.0  # 120 atoms: radius graphs
     assert float(model.node_count.probs[4]) == 0
-    assert float(model.node_count.probs[60]) > 0
+    assert float(model.node_count.probs[120]) > 0
     small = task.build_model(ModelOptions(hidden_channels=8, num_layers=1),
                              Splits(in_memory(data[:2]), data, data))
     assert small.flow.graph == 'full'

@@ -206,7 +206,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument('--graph', default='auto',
                    help="'full', a cutoff radius for radius graphs, or "
                    "'auto' (the task's choice: radius graphs of 5 Angstrom "
-                   "for molecules of more than 40 atoms)")
+                   "for molecules of more than 100 atoms)")
     m.add_argument('--no-adjoint', action='store_true',
                    help='ml: back-propagate through the solver')
     m.add_argument('--dequantizer', choices=sorted(DEQUANTIZERS),
