@@ -138,7 +138,10 @@ def _parser(train_defaults: Optional[Dict[str, Any]] = None
     p.add_argument('--root', default='data', help='dataset folder')
     p.add_argument('--data', default=None, help='the data of a user task '
                    '(molecules, points); the card\'s by default')
-    p.add_argument('--num-test', type=int, default=None)
+    p.add_argument('--num-test', type=int, default=1000,
+                   help='test structures, a seeded subset (default: 1000; '
+                   'the exact trace of a whole particle test split takes '
+                   'minutes, a QM9 one hours)')
     p.add_argument('--num-samples', type=int, default=1000,
                    help='samples for the sample metrics')
     p.add_argument('--trace', choices=['exact', 'hutchinson'], default=None,
