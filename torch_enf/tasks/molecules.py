@@ -36,9 +36,9 @@ RADIUS_GRAPH_ATOMS = 100
 r"""User molecules train on radius graphs (:obj:`RADIUS_GRAPH_CUTOFF`
 Angstrom, rebuilt at every evaluation) when the largest has more atoms than
 this; fully connected graphs up to it. On the NCI set (30 atoms on average,
-up to 100) radius graphs took only 1.2 to 1.6 times fewer seconds per step
-and sampled fragmented molecules (1.6 % valid against 9.6 % after the
-same 10 minutes; ``benchmarks/nci_graph_switch.sh``)."""
+up to 100) radius graphs were only 1.2 to 1.6 times faster per step and
+gave six times fewer valid molecules (1.6 % against 9.6 % after the same
+10 minutes; ``benchmarks/nci_graph_switch.sh``)."""
 
 RADIUS_GRAPH_CUTOFF = 5.0
 
