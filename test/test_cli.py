@@ -255,7 +255,7 @@ def test_resume_refuses_a_changed_model_and_names_it(points_run, tmp_path,
 def test_evaluate_a_run_folder(points_run, tmp_path, capsys):
     assert run_cli('evaluate', points_run, '--num-test', 4,
                    '--num-samples', 4, '--out', tmp_path / 'ev',
-                   '--no-progress') == 0
+                   '--num-steps', 2, '--no-progress') == 0
     results = json.loads((tmp_path / 'ev' / 'results.json').read_text())
     assert results['num_test'] == 4 and np.isfinite(results['test_nll'])
 
@@ -324,3 +324,23 @@ def test_the_layers_stay_in_their_floors():
     assert 'torch_enf.cli' not in source
     assert not (package / 'experiments').exists()
     assert importlib.util.find_spec('torch_enf.tasks') is not None
+
+
+def test_particle_tasks_train_data_parallel_under_torchrun(points_run,
+                                                          tmp_path):
+    # Row 19 of issue #32: every task trains data-parallel under torchrun,
+    # rank 0 alone evaluating and writing (not two identical trainings).
+    data = points_run.parent / 'points.npy'
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+         '--nproc_per_node=2', '-m', 'torch_enf', 'train', 'points', '--data',
+         str(data), '--root', str(tmp_path / 'data'), '--out',
+         str(tmp_path / 'run'), *map(str, TINY)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count('test_nll=') == 2  # the summary, once
+    results = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert results['world_size'] == 2
+    # Each rank takes half of every epoch: 32 training clouds in batches of
+    # 8 give 2 steps per epoch and process instead of 4.
+    assert results['steps'] == 2 * results['epochs_completed']

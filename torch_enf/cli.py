@@ -594,12 +594,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     out = args.out or osp.join('runs', f'evaluate-{name}')
     if osp.exists(out) and not osp.isdir(out):
         raise CommandError(f'--out {out} is a file, not a folder')
-    test_solver = _call_solver(args, SolverOptions()) \
-        if args.solver is None or args.solver in ADAPTIVE_SOLVERS \
-        else SolverOptions()
+    # The test NLL is an adaptive solve at --tol; the solver flags change
+    # the card's sampler.
     evaluation = EvaluationConfig(
         num_test=args.num_test, num_samples=args.num_samples,
-        trace=args.trace, solver=test_solver,
+        trace=args.trace, solver=_tolerance(args.tol, '--tol')
+        if args.tol is not None else SolverOptions(),
         sampler=_call_solver(args, found.sampler), seed=args.seed)
     stored = found.card.get('training', {}).get('data', {})
     data = DataConfig(root=args.root, files=args.data or stored.get(
