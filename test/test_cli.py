@@ -212,6 +212,7 @@ def test_the_picture_compares_with_reference_data_only_where_there_is_some(
     (['logprob', '{points}', 'strings.npy'], 'non-empty numeric'),
     (['logprob', '{points}', 'missing.npy'], 'does not exist'),
     (['evaluate', '{points}', '--out', 'afile'], 'is a file'),
+    (['evaluate', '{points}', '--num-test', '0'], '--num-test must be'),
     (['train', 'points', '--data', 'missing/*.npy', '--out', 'r'],
      'missing'),
     (['sample', '{bad}', '-n', '5', '-o', 'x.npy'], 'not a torch-enf model'),
@@ -344,3 +345,18 @@ def test_particle_tasks_train_data_parallel_under_torchrun(points_run,
     # Each rank takes half of every epoch: 32 training clouds in batches of
     # 8 give 2 steps per epoch and process instead of 4.
     assert results['steps'] == 2 * results['epochs_completed']
+
+
+def test_degenerate_structures_are_named_not_scored(points_run, tmp_path,
+                                                    capsys):
+    # Row 14 of issue #32: all points at one place is reported by index
+    # before any solve (it took 75 s to give nan).
+    positions = np.random.default_rng(0).standard_normal((3, 4, 2))
+    positions[1] = 0.0
+    np.save(tmp_path / 'c.npy', positions.astype(np.float32))
+    assert run_cli('logprob', points_run, tmp_path / 'c.npy',
+                   '--no-progress') == 1
+    assert '#1: nodes 0 and 1 coincide' in capsys.readouterr().err
+    with open(tmp_path / 'c.logprob.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['log_prob'] == 'nan' for r in rows] == [False, False, True]

@@ -59,12 +59,7 @@ class QM9PositionalTask(PointCloudTask):
         return requested or self.default_trace
 
     def defaults(self, objective: str, quick: bool) -> Dict[str, Any]:
-        defaults = dict(epochs=3000, batch_size=128, lr=2e-4,
-                        hidden_channels=64, num_layers=6,
-                        regularization_weight=1e-3)
-        if quick:
-            defaults.update(QUICK)
-        return defaults
+        return _qm9_defaults(quick, lr=2e-4)
 
     def datasets(self, data: DataConfig, progress: bool = True,
                  log: bool = True) -> Splits:
@@ -204,14 +199,8 @@ class QM9Task(MoleculeTask):
     atomic_numbers = QM9.atomic_numbers
 
     def defaults(self, objective: str, quick: bool) -> Dict[str, Any]:
-        defaults = dict(epochs=3000, batch_size=128, lr=5e-4,
-                        hidden_channels=64, num_layers=6,
-                        regularization_weight=1e-3,
-                        dequantizer='argmax' if objective == 'fm'
-                        else 'variational')
-        if quick:
-            defaults.update(QUICK)
-        return defaults
+        return _qm9_defaults(quick, lr=5e-4, dequantizer='argmax'
+                             if objective == 'fm' else 'variational')
 
     def datasets(self, data: DataConfig, progress: bool = True,
                  log: bool = True) -> Splits:
@@ -274,6 +263,16 @@ class MoleculesTask(MoleculeTask):
         self.atomic_numbers = tuple(splits.train.atomic_numbers)
         return splits._replace(train=subset(splits.train, data.n_train,
                                             data.split_seed))
+
+
+def _qm9_defaults(quick: bool, **task_options: Any) -> Dict[str, Any]:
+    r"""The training defaults of the QM9 tasks (the E-NF paper's network
+    and regulariser), with :obj:`QUICK` on top for :obj:`--quick`."""
+    defaults = dict(epochs=3000, batch_size=128, hidden_channels=64,
+                    num_layers=6, regularization_weight=1e-3, **task_options)
+    if quick:
+        defaults.update(QUICK)
+    return defaults
 
 
 def _qm9_splits(data: DataConfig, positional: bool, log: bool) -> Splits:
