@@ -64,12 +64,17 @@ def build(case: str) -> torch.nn.Module:
                         hidden_channels=8, num_layers=1, adjoint=False)
 
 
-def worker(rank: int, port: int, folder: str, case: str) -> None:
+def join(rank: int, port: int) -> DistributedContext:
+    r"""Joins the process group of the test as :obj:`rank`, one thread."""
     os.environ.update(WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
                       LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    context = init_distributed('cpu')
+    return init_distributed('cpu')
+
+
+def worker(rank: int, port: int, folder: str, case: str) -> None:
+    context = join(rank, port)
     try:
         molecules, _, objective = CASES[case]
         model = build(case)
@@ -117,11 +122,7 @@ class LossFailsOnRankOne(FlowMatching):
 
 
 def failing_worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
-                      LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    context = init_distributed('cpu')
+    context = join(rank, port)
     try:
         loader = shard_loader(dataset(rank, False), 2, context)
         runs = dict(loss=(LossFailsOnRankOne(rank), None),
