@@ -605,7 +605,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     data = DataConfig(root=args.root, files=args.data or stored.get(
         'files'), max_num_atoms=stored.get('max_num_atoms'),
         split_seed=stored.get('split_seed', 0))
-    splits = found.task.datasets(data, not args.no_progress)
+    splits = found.task.datasets(data, not args.no_progress,
+                                 log=not args.no_progress)
     os.makedirs(out, exist_ok=True)
     results = found.task.evaluate(found.model, splits, evaluation, out,
                                   not args.no_progress)
