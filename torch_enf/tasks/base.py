@@ -473,11 +473,6 @@ def likelihood_and_samples(task: Task, model: torch.nn.Module,
     return results, estimate, samples
 
 
-def default_sampler(tol: float) -> SolverOptions:
-    r"""The adaptive sampler (dopri5) at tolerance :obj:`tol`."""
-    return SolverOptions('dopri5', tol, tol)
-
-
 def prepare_output(path: str, overwrite: bool) -> str:
     r"""Checks that :obj:`path` may be written before any work: its folder
     is created (or refused if a file is in the way) and an existing file
