@@ -69,7 +69,7 @@ def test_egcl_velocity_variant_is_equivariant(generator):
 
 @pytest.mark.parametrize('n_dims', [2, 3])
 def test_egnn_is_equivariant(n_dims, generator):
-    model = EGNN(4, 16, 3, num_layers=3, edge_inference=True,
+    model = EGNN(4, 16, num_layers=3, out_channels=3, edge_inference=True,
                  coords_norm=1.0, coords_range=10.0).double()
     for conv in model.convs:
         torch.nn.init.normal_(conv.coord_lin2.weight, std=0.5)
@@ -117,7 +117,7 @@ def test_reset_parameters_reinitialises_every_parameter():
 
 
 def test_egcl_output_channels_and_repr():
-    conv = EGCL(3, 8, 5)
+    conv = EGCL(3, 5, hidden_channels=8)
     h, pos = torch.randn(4, 3), torch.randn(4, 2)
     edge_index = full_edge_index(torch.zeros(4, dtype=torch.long))
     h_out, pos_out = conv(h, pos, edge_index)
@@ -148,13 +148,13 @@ def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match='coords_norm'):
         EGCL(2, 4, coords_norm=0.0)
     with pytest.raises(ValueError, match='num_layers'):
-        EGNN(2, 4, 2, num_layers=0)
-    for args, message in (((8, -1), "'hidden_channels' must be an integer "
-                                    "of at least 1 .got -1."),
-                          ((8, 0), "'hidden_channels'"),
+        EGNN(2, 4, num_layers=0)
+    for args, message in (((8, 16, -1), "'hidden_channels' must be an "
+                                        "integer of at least 1 .got -1."),
+                          ((8, 16, 0), "'hidden_channels'"),
                           ((-3, 16), "'in_channels'"),
-                          ((8, 16, -2), "'out_channels'"),
-                          ((8, 16.0), "'hidden_channels'"),
+                          ((8, -2), "'out_channels'"),
+                          ((8, 16, 16.0), "'hidden_channels'"),
                           ((8, 16, None, -1), "'edge_dim'")):
         with pytest.raises(ValueError, match=message):
             EGCL(*args)
@@ -162,7 +162,7 @@ def test_bad_constructor_arguments():
 
 def test_overflowing_positions_are_refused_not_turned_into_nan():
     torch.manual_seed(0)
-    conv = EGCL(8, 16)
+    conv = EGCL(8, 8, hidden_channels=16)
     h, pos = torch.randn(5, 8), torch.randn(5, 3)
     edge_index = full_edge_index(torch.zeros(5, dtype=torch.long))
     _, out = conv(h, pos * 1e12, edge_index)  # large, but representable
@@ -174,7 +174,7 @@ def test_overflowing_positions_are_refused_not_turned_into_nan():
 
 
 def test_egnn_positions_only_output():
-    model = EGNN(1, 8, 0, num_layers=2)
+    model = EGNN(1, 8, num_layers=2, out_channels=0)
     h_out, pos_out = model(torch.ones(5, 1), torch.randn(5, 3),
                            full_edge_index(torch.zeros(5, dtype=torch.long)))
     assert h_out.shape == (5, 0) and pos_out.shape == (5, 3)
@@ -207,3 +207,42 @@ def test_feature_dtype_mismatch_is_named():
     for h in (torch.randn(3, 4).half(), torch.ones(3, 4, dtype=torch.long)):
         with pytest.raises(ValueError, match=f"'h' has dtype {h.dtype}"):
             conv(h, pos, edge_index)
+
+
+def test_egcl_follows_pyg_channel_convention():
+    # PyG convolutions are Conv(in_channels, out_channels): EGCL(8, 16)
+    # returns 16 features, with messages as wide as the output by default.
+    conv = EGCL(8, 16)
+    h, pos = torch.randn(5, 8), torch.randn(5, 3)
+    edge_index = full_edge_index(torch.zeros(5, dtype=torch.long))
+    h_out, _ = conv(h, pos, edge_index)
+    assert h_out.shape == (5, 16) and conv.hidden_channels == 16
+    # Equal widths keep the residual: a zero phi_h returns the input.
+    same = EGCL(8, 8, hidden_channels=32)
+    torch.nn.init.zeros_(same.node_mlp[-1].weight)
+    torch.nn.init.zeros_(same.node_mlp[-1].bias)
+    torch.testing.assert_close(same(h, pos, edge_index)[0], h)
+
+
+def test_lazy_in_channels_match_an_eager_layer():
+    h, pos = torch.randn(6, 5), torch.randn(6, 3)
+    edge_index = full_edge_index(torch.zeros(6, dtype=torch.long))
+    vel = torch.randn(6, 3)
+    eager = EGCL(5, 7, edge_inference=True, velocity=True)
+    lazy = EGCL(-1, 7, edge_inference=True, velocity=True)
+    assert lazy.edge_lin1 is None and 'EGCL(-1, 7' in repr(lazy)
+    # Loading weights materialises a lazy layer ...
+    lazy.load_state_dict(eager.state_dict())
+    assert lazy.in_channels == 5
+    for out, ref in zip(lazy(h, pos, edge_index, vel=vel),
+                        eager(h, pos, edge_index, vel=vel)):
+        torch.testing.assert_close(out, ref)
+    # ... and so does the first batch, in the layer's dtype, with the
+    # parameters in the order of an eager layer.
+    fresh = EGCL(-1, 7, edge_inference=True, velocity=True).double()
+    h_out, _, _ = fresh(h.double(), pos.double(), edge_index,
+                        vel=vel.double())
+    assert h_out.dtype == torch.float64 and fresh.in_channels == 5
+    assert [name for name, _ in fresh.named_parameters()] == \
+        [name for name, _ in eager.named_parameters()]
+    assert fresh.node_mlp[0].weight.shape == (7, 5 + 7)

@@ -25,7 +25,7 @@ def egcl():
 
 
 def egnn():
-    return EGNN(8, 16, 4, num_layers=2, edge_inference=True,
+    return EGNN(8, 16, num_layers=2, out_channels=4, edge_inference=True,
                 coords_norm=1.0), 8
 
 
@@ -90,7 +90,8 @@ def test_bfloat16_autocast_forward_backward(make):
 class EnergyModel(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = EGCL(4, 16, edge_inference=True, coords_norm=1.0)
+        self.conv = EGCL(4, 4, hidden_channels=16, edge_inference=True,
+                         coords_norm=1.0)
         self.lin = torch.nn.Linear(4, 1)
 
     def forward(self, x, edge_index, pos):

@@ -334,8 +334,8 @@ class VariationalDequantizer(ThresholdDequantizer):
                  hidden_channels: int = 32, num_layers: int = 2,
                  margin: float = 0.0):
         super().__init__(num_classes, num_integer, margin)
-        self.net = EGNN(self.channels, hidden_channels, 2 * self.channels,
-                        num_layers, coords_norm=1.0)
+        self.net = EGNN(self.channels, hidden_channels, num_layers,
+                        2 * self.channels, coords_norm=1.0)
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -83,8 +83,8 @@ class EGNNDynamics(torch.nn.Module):
         self.in_channels = max(in_channels, 1)
         self.distance_expansion = GaussianSmearing(
             0.0, radial_cutoff, num_radial) if num_radial > 0 else None
-        self.egnn = EGNN(self.in_channels, hidden_channels, node_channels,
-                         num_layers, edge_dim=1 + num_radial,
+        self.egnn = EGNN(self.in_channels, hidden_channels, num_layers,
+                         node_channels, edge_dim=1 + num_radial,
                          edge_inference=edge_inference,
                          coords_norm=coords_norm, coords_range=coords_range,
                          aggr=aggr)

@@ -60,10 +60,13 @@ class EGCL(MessagePassing):
     to the edges, which is exact and saves most of the per-edge work.
 
     Args:
-        in_channels (int): Size of the input node features :math:`\mathbf{h}`.
-        hidden_channels (int): Size of the messages and hidden layers.
-        out_channels (int, optional): Size of the output node features.
-            (default: :obj:`None`: same as :obj:`in_channels`)
+        in_channels (int): Size of the input node features :math:`\mathbf{h}`,
+            or :obj:`-1` to infer it from the first input (as for PyG's
+            lazy :class:`~torch_geometric.nn.dense.linear.Linear`; run one
+            batch through the layer before building the optimiser).
+        out_channels (int): Size of the output node features.
+        hidden_channels (int, optional): Size of the messages and hidden
+            layers. (default: :obj:`None`: same as :obj:`out_channels`)
         edge_dim (int, optional): Size of the edge attributes
             :math:`\mathbf{a}_{ij}`. (default: :obj:`0`)
         edge_inference (bool, optional): If set to :obj:`True`, messages are
@@ -93,8 +96,8 @@ class EGCL(MessagePassing):
     def __init__(
         self,
         in_channels: int,
-        hidden_channels: int,
-        out_channels: Optional[int] = None,
+        out_channels: int,
+        hidden_channels: Optional[int] = None,
         edge_dim: int = 0,
         edge_inference: bool = False,
         coords_norm: Optional[float] = None,
@@ -103,12 +106,14 @@ class EGCL(MessagePassing):
         act: Callable = torch.nn.SiLU(),
         velocity: bool = False,
     ):
-        for name, value, least in (('in_channels', in_channels, 0),
+        if hidden_channels is None:
+            hidden_channels = out_channels
+        if in_channels != -1:
+            _check_width(in_channels, 'in_channels', 0)
+        for name, value, least in (('out_channels', out_channels, 0),
                                    ('hidden_channels', hidden_channels, 1),
-                                   ('out_channels', out_channels, 0),
                                    ('edge_dim', edge_dim, 0)):
-            if value is not None:
-                _check_width(value, name, least)
+            _check_width(value, name, least)
         if aggr not in ('add', 'mean'):
             raise ValueError(f"'aggr' must be 'add' or 'mean' (got '{aggr}')")
         # C > 0 keeps the update finite for coincident points.
@@ -117,10 +122,9 @@ class EGCL(MessagePassing):
             if value is not None:
                 check_positive_number(value, name)
         super().__init__(aggr=aggr, node_dim=0)
-        out_channels = in_channels if out_channels is None else out_channels
         self.in_channels = in_channels
-        self.hidden_channels = hidden_channels
         self.out_channels = out_channels
+        self.hidden_channels = hidden_channels
         self.edge_dim = edge_dim
         self.edge_inference = edge_inference
         self.coords_norm = coords_norm
@@ -128,20 +132,48 @@ class EGCL(MessagePassing):
         self.velocity = velocity
         self.act = act
 
-        # phi_e: its first layer acts on [h_i, h_j, ||x_i - x_j||^2, a_ij].
-        self.edge_lin1 = Linear(2 * in_channels + 1 + edge_dim,
-                                hidden_channels)
+        # The layers that read h (phi_e's first layer acts on
+        # [h_i, h_j, ||x_i - x_j||^2, a_ij]) wait for in_channels if lazy;
+        # their slots are registered first to keep the parameter order.
+        self.register_module('edge_lin1', None)
         self.edge_lin2 = Linear(hidden_channels, hidden_channels)
         self.inf_lin = Linear(hidden_channels, 1) if edge_inference else None
         self.coord_lin1 = Linear(hidden_channels, hidden_channels)
         self.coord_lin2 = Linear(hidden_channels, 1, bias=False)
-        self.node_mlp = Sequential(
-            Linear(in_channels + hidden_channels, hidden_channels), act,
-            Linear(hidden_channels, out_channels))
-        self.vel_mlp = Sequential(Linear(in_channels, hidden_channels), act,
-                                  Linear(hidden_channels, 1)) \
-            if velocity else None
+        self.register_module('node_mlp', None)
+        self.register_module('vel_mlp', None)
+        if in_channels >= 0:
+            self._build_input_layers(in_channels)
         self.reset_parameters()
+
+    def _build_input_layers(self, in_channels: int, **factory) -> None:
+        r"""Creates the three networks whose input width is
+        :obj:`in_channels`: the first layer of :math:`\phi_e`,
+        :math:`\phi_h` and (momentum variant) :math:`\phi_v`."""
+        hidden, act = self.hidden_channels, self.act
+        self.in_channels = in_channels
+        self.edge_lin1 = Linear(2 * in_channels + 1 + self.edge_dim, hidden,
+                                **factory)
+        self.node_mlp = Sequential(
+            Linear(in_channels + hidden, hidden, **factory), act,
+            Linear(hidden, self.out_channels, **factory))
+        self.vel_mlp = Sequential(Linear(in_channels, hidden, **factory),
+                                  act, Linear(hidden, 1, **factory)) \
+            if self.velocity else None
+
+    def _materialize(self, in_channels: int) -> None:
+        r"""Builds and initialises the input layers of a lazy layer."""
+        like = self.edge_lin2.weight
+        self._build_input_layers(in_channels, device=like.device,
+                                 dtype=like.dtype)
+        for module in (self.edge_lin1, self.node_mlp, self.vel_mlp):
+            reset(module)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        weight = state_dict.get(prefix + 'edge_lin1.weight')
+        if self.in_channels == -1 and weight is not None:
+            self._materialize((weight.size(1) - 1 - self.edge_dim) // 2)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self):
         r"""Resets all learnable parameters of the module. The last layer of
@@ -189,6 +221,8 @@ class EGCL(MessagePassing):
                 the scale the layer was built for (say :math:`10^{15}` in
                 float32) cannot be represented.
         """
+        if self.in_channels == -1 and h.dim() == 2:
+            self._materialize(h.size(-1))
         self._check_inputs(h, pos, edge_index, edge_attr, vel)
         # First layer of phi_e, split over its inputs: W [h_i, h_j, d, a] + b.
         # The node parts are applied per node, before the gather to edges.

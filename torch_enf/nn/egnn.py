@@ -27,9 +27,11 @@ class EGNN(torch.nn.Module):
     Args:
         in_channels (int): Size of the input node features.
         hidden_channels (int): Width of every layer.
-        out_channels (int): Size of the output node features (may be
-            :obj:`0` when only positions are wanted).
         num_layers (int): Number of :class:`EGCL` layers.
+        out_channels (int, optional): Size of the output node features, read
+            out by a linear map; :obj:`0` when only positions are wanted.
+            (default: :obj:`None`: no read-out, the last layer's
+            :obj:`hidden_channels` features)
         edge_dim (int, optional): Size of the edge attributes given to every
             layer. (default: :obj:`0`)
         edge_inference (bool, optional): Soft edge inference in every layer.
@@ -56,8 +58,8 @@ class EGNN(torch.nn.Module):
         self,
         in_channels: int,
         hidden_channels: int,
-        out_channels: int,
         num_layers: int,
+        out_channels: Optional[int] = None,
         edge_dim: int = 0,
         edge_inference: bool = False,
         coords_norm: Optional[float] = None,
@@ -71,7 +73,8 @@ class EGNN(torch.nn.Module):
                              f"(got {num_layers})")
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
-        self.out_channels = out_channels
+        self.out_channels = hidden_channels if out_channels is None \
+            else out_channels
         self.num_layers = num_layers
         layer_range = None if coords_range is None \
             else coords_range / num_layers
@@ -83,7 +86,7 @@ class EGNN(torch.nn.Module):
             for _ in range(num_layers)
         ])
         self.lin_out = Linear(hidden_channels, out_channels) \
-            if out_channels > 0 else None
+            if out_channels else None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -111,9 +114,11 @@ class EGNN(torch.nn.Module):
         with inputs_checked():
             for conv in self.convs:
                 h, pos = conv(h, pos, edge_index, edge_attr)
-        if self.lin_out is None:
-            return h.new_zeros(h.size(0), 0), pos
-        return self.lin_out(h), pos
+        if self.lin_out is not None:
+            h = self.lin_out(h)
+        elif self.out_channels == 0:
+            h = h.new_zeros(h.size(0), 0)
+        return h, pos
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
