@@ -18,7 +18,7 @@ import sys
 import urllib.request
 import zipfile
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -45,6 +45,15 @@ DOWNLOAD_TIMEOUT = 10.0  # seconds without an answer
 
 MOLECULES_EXTRA_HINT = 'pip install torch-enf[molecules]'
 
+PROPERTY_COLUMNS = ('Dipole_debye', 'Polarizability_bohr3', 'HOMO_au',
+                    'LUMO_au', 'HOMO_LUMO_gap_au', 'R2_bohr2', 'ZPVE_au',
+                    'InternalEnergy_0K_au', 'InternalEnergy_298K_au',
+                    'Enthalphy_298K_au', 'GibbsFreeEnergy_298K_au',
+                    'Heatcapacity_Cv_cal_mol_K')
+r"""The :obj:`qm9pack` columns of the twelve QM9 properties (mu, alpha,
+HOMO, LUMO, gap, R2, ZPVE, U0, U, H, G, Cv), in the units of their names:
+Debye, bohr^3, Hartree (:obj:`_au`), bohr^2 and cal/(mol K)."""
+
 
 @dataclass
 class QM9Molecules:
@@ -58,12 +67,16 @@ class QM9Molecules:
         uncharacterised (np.ndarray): The QM9 indices that are excluded from
             the 130,831 characterised molecules (needed to place molecules in
             the standard split).
+        properties (np.ndarray, optional): The twelve properties of
+            :obj:`PROPERTY_COLUMNS` in their :obj:`qm9pack` units, shape
+            :obj:`[N, 12]` (float64), when they were read.
     """
     index: np.ndarray
     num_atoms: np.ndarray
     atomic_numbers: np.ndarray
     positions: np.ndarray
     uncharacterised: np.ndarray
+    properties: Optional[np.ndarray] = None
 
     def validate(self) -> None:
         r"""Raises :class:`ValueError` naming the first offending molecule."""
@@ -110,53 +123,108 @@ class QM9Molecules:
         if excluded.any():
             raise ValueError(f"QM9 molecule {self.index[excluded][0]} is "
                              f"listed as uncharacterised")
+        expected = (len(self.index), len(PROPERTY_COLUMNS))
+        if self.properties is not None and self.properties.shape != expected:
+            raise ValueError(f"'properties' must have shape {list(expected)} "
+                             f"(got {list(self.properties.shape)})")
 
     def select(self, mask: np.ndarray) -> 'QM9Molecules':
         r"""Returns the molecules where the boolean :obj:`mask` holds."""
         atom_mask = np.repeat(mask, self.num_atoms)
+        properties = None if self.properties is None else \
+            self.properties[mask]
         return QM9Molecules(self.index[mask], self.num_atoms[mask],
                             self.atomic_numbers[atom_mask],
-                            self.positions[atom_mask], self.uncharacterised)
+                            self.positions[atom_mask], self.uncharacterised,
+                            properties)
 
 
-def read_qm9pack(folder: Optional[str] = None) -> QM9Molecules:
+def read_qm9pack(folder: Optional[str] = None,
+                 properties: bool = False) -> QM9Molecules:
     r"""Reads the molecules shipped by the :obj:`qm9pack` package.
 
     Its CSV files :obj:`data/qm9_part{1,2,3}.csv` hold one molecule per row;
     the columns used are :obj:`Index`, :obj:`N_atoms`, :obj:`Elements` (a
     list such as :obj:`['C','H','H','H','H']`) and :obj:`XYZ_Ang` (nested
-    lists of DFT coordinates in Angstrom). The package itself is not imported
-    (its :obj:`__init__` needs :obj:`pkg_resources`); only its data folder is
-    located. QM9 indices absent from the package are the uncharacterised ones.
+    lists of DFT coordinates in Angstrom), and with :obj:`properties=True`
+    also the twelve :obj:`PROPERTY_COLUMNS`. The package itself is not
+    imported (its :obj:`__init__` needs :obj:`pkg_resources`); only its data
+    folder is located. QM9 indices absent from the package are the
+    uncharacterised ones.
 
     Args:
         folder (str, optional): The data folder. Located through
             :obj:`importlib` when :obj:`None`.
+        properties (bool, optional): Also read the twelve properties into
+            :obj:`QM9Molecules.properties`. (default: :obj:`False`)
+
+    Raises:
+        ValueError: For a missing column, a short row, or (with
+            :obj:`properties=True`) a property that is not a finite number,
+            naming the file, line and column.
     """
     folder = folder or qm9pack_data_folder()
     csv.field_size_limit(sys.maxsize)
-    index, num_atoms, elements, coordinates = [], [], [], []
+    wanted = ('Index', 'N_atoms', 'Elements', 'XYZ_Ang')
+    if properties:
+        wanted += PROPERTY_COLUMNS
+    text = tuple([] for _ in wanted)
+    parsed = []
     for part in (1, 2, 3):
-        with open(osp.join(folder, f'qm9_part{part}.csv'), newline='') as f:
-            rows = csv.reader(f)
-            header = next(rows)
-            wanted = ('Index', 'N_atoms', 'Elements', 'XYZ_Ang')
-            missing = [name for name in wanted if name not in header]
-            if missing:
-                raise ValueError(f"qm9_part{part}.csv lacks the columns "
-                                 f"{missing}")
-            columns = [header.index(name) for name in wanted]
-            for line, row in enumerate(rows, start=2):
-                try:
-                    fields = [row[column] for column in columns]
-                except IndexError:
-                    raise ValueError(f"qm9_part{part}.csv line {line}: "
-                                     f"{len(row)} columns, expected "
-                                     f"{len(header)}") from None
-                parsed = (index, num_atoms, elements, coordinates)
-                for values, field in zip(parsed, fields):
-                    values.append(field)
-    return _parse_text_columns(index, num_atoms, elements, coordinates)
+        name = f'qm9_part{part}.csv'
+        first = len(text[0])
+        _read_csv_columns(osp.join(folder, name), wanted, text)
+        if properties:
+            parsed.append(_parse_properties(
+                [column[first:] for column in text[4:]], name))
+    molecules = _parse_text_columns(*text[:4])
+    if properties:
+        molecules.properties = np.concatenate(parsed)
+    return molecules
+
+
+def _read_csv_columns(path: str, wanted: Tuple[str, ...],
+                      out: Tuple[List[str], ...]) -> None:
+    r"""Appends the text of the :obj:`wanted` columns of every row of the
+    CSV file :obj:`path` to the lists :obj:`out` (one per column)."""
+    name = osp.basename(path)
+    with open(path, newline='') as f:
+        rows = csv.reader(f)
+        header = next(rows)
+        missing = [column for column in wanted if column not in header]
+        if missing:
+            raise ValueError(f"{name} lacks the columns {missing}")
+        columns = [header.index(column) for column in wanted]
+        for line, row in enumerate(rows, start=2):
+            try:
+                fields = [row[column] for column in columns]
+            except IndexError:
+                raise ValueError(f"{name} line {line}: {len(row)} columns, "
+                                 f"expected {len(header)}") from None
+            for values, field in zip(out, fields):
+                values.append(field)
+
+
+def _parse_properties(columns: List[List[str]], name: str) -> np.ndarray:
+    r"""Parses the text of the :obj:`PROPERTY_COLUMNS` of one CSV file
+    into an :obj:`[N, 12]` float64 array, naming the file, line and column
+    of the first value that is not a finite number."""
+    try:
+        values = np.array(columns, dtype=np.float64).T
+    except ValueError:
+        values = np.array([[_to_float(x) for x in column]
+                           for column in columns]).T
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise ValueError(f"{name} line {row + 2}, column "
+                         f"{PROPERTY_COLUMNS[column]!r}: "
+                         f"{columns[column][row]!r} is not a finite number")
+    return values
+
+
+def _to_float(text: str) -> float:
+    return float(text) if _is_float(text) else float('nan')
 
 
 def _parse_text_columns(index: List[str], num_atoms: List[str],
