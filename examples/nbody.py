@@ -4,9 +4,10 @@ The N-body experiment of Satorras, Hoogeboom and Welling, "E(n) Equivariant
 Graph Neural Networks" (ICML 2021), Section 5.1 and Table 2: predict the
 positions of 5 charged particles 1,000 simulation steps ahead from their
 positions, velocities and charges. The defaults are the paper's settings
-(those of its official :obj:`main_nbody.py`): 3,000 training trajectories,
-Adam with learning rate :math:`5 \cdot 10^{-4}` and weight decay
-:math:`10^{-12}`, batches of 100 systems, 10,000 epochs, the MSE of the
+(those of its official :obj:`main_nbody.py` and README): 3,000 training
+trajectories, Adam with learning rate :math:`5 \cdot 10^{-4}` (EGNN) or
+:math:`10^{-3}` (GNN) and weight decay :math:`10^{-12}`, batches of 100
+systems (the last incomplete batch dropped), 10,000 epochs, the MSE of the
 positions as the loss, validation every 5 epochs, and the test MSE of the
 model with the best validation MSE. The paper reports a test MSE of 0.0071
 for the EGNN and 0.0107 for the GNN.
@@ -39,6 +40,7 @@ from torch_enf.nn.models.nbody import (EGNNDynamicsPredictor,
                                        GNNDynamicsPredictor)
 
 MODELS = {'egnn': EGNNDynamicsPredictor, 'gnn': GNNDynamicsPredictor}
+LEARNING_RATES = {'egnn': 5e-4, 'gnn': 1e-3}  # the official README's
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -52,7 +54,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--num-train', type=int, default=3000)
     parser.add_argument('--epochs', type=int, default=10000)
     parser.add_argument('--batch-size', type=int, default=100)
-    parser.add_argument('--lr', type=float, default=5e-4)
+    parser.add_argument('--lr', type=float, default=None,
+                        help='default: 5e-4 for egnn, 1e-3 for gnn')
     parser.add_argument('--weight-decay', type=float, default=1e-12)
     parser.add_argument('--hidden-channels', type=int, default=64)
     parser.add_argument('--num-layers', type=int, default=4)
@@ -72,6 +75,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive "
                          f"(got {value})")
+    if args.lr is None:
+        args.lr = LEARNING_RATES[args.model]
     if args.lr <= 0 or args.weight_decay < 0:
         parser.error('--lr must be positive and --weight-decay at least 0')
     return args
