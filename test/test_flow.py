@@ -6,7 +6,8 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from torch_enf.flows import (ADAPTIVE_SOLVERS, DEFAULT_SOLVER,
-                             FIXED_STEP_SOLVERS, CenteredGaussian,
+                             ERROR_NORMS, FIXED_STEP_SOLVERS,
+                             CenteredGaussian,
                              EGNNDynamics, ENFlow, ENFlowConfig,
                              EvaluationBudgetExceeded, EvaluationCount,
                              ODESolveError, SolverOptions)
@@ -374,6 +375,46 @@ def test_evaluation_budget_stops_a_solve_with_its_own_error():
             max_num_evals=needed - 1))
     with pytest.raises(ValueError, match='max_num_evals'):
         SolverOptions(max_num_evals=0)
+
+
+def test_graph_error_norm_is_not_diluted_by_batch_mates():
+    from torch_enf.flows.integrator import AugmentedODE
+    for num_easy in (1, 9):
+        batch = torch.arange(1 + num_easy).repeat_interleave(3)
+        error = torch.zeros(batch.numel(), 2, dtype=torch.float64)
+        error[:3] = 2.0  # all of the error sits on the first graph
+        ode = AugmentedODE(None, [error], batch, 1 + num_easy, None, None,
+                           False)
+        trace_error = torch.zeros(1 + num_easy, dtype=torch.float64)
+        assert float(ode.error_norm((error, trace_error))) == 2.0
+        trace_error[-1] = 3.0
+        assert float(ode.error_norm((error, trace_error))) == 3.0
+
+
+def test_graph_error_norm_takes_effect_in_batches(generator):
+    flow = make_flow(2)
+    for conv in flow.dynamics.egnn.convs:  # a stiffer field
+        torch.nn.init.normal_(conv.coord_lin2.weight, std=2.0)
+    hard = Data(pos=3.0 * torch.randn(4, 2, generator=generator,
+                                      dtype=torch.float64))
+    easy = [Data(pos=0.1 * torch.randn(4, 2, generator=generator,
+                                       dtype=torch.float64))
+            for _ in range(15)]
+    batch = Batch.from_data_list([hard] + easy)
+    evaluations = {}
+    for norm in ERROR_NORMS:
+        solver = DEFAULT_SOLVER.replace(error_norm=norm)
+        for name, data in (('alone', Batch.from_data_list([hard])),
+                           ('batched', batch)):
+            counter = EvaluationCount()
+            flow.log_prob(data, solver=solver, counter=counter)
+            evaluations[norm, name] = counter.value
+    # Alone, both norms are the same; in a batch, the per-graph maximum
+    # exceeds the root mean square over the batch, so it steps more finely.
+    assert evaluations['graph', 'alone'] == evaluations['batch', 'alone']
+    assert evaluations['graph', 'batched'] > evaluations['batch', 'batched']
+    with pytest.raises(ValueError, match='error_norm'):
+        SolverOptions(error_norm='nodes')
 
 
 def test_adjoint_seminorm_gives_the_same_gradients(generator):

@@ -2,8 +2,9 @@ r"""E(n)-equivariant continuous normalizing flows."""
 from .distributions import CenteredGaussian, NodeGaussian
 from .divergence import exact_divergence, hutchinson_divergence
 from .dynamics import EGNNDynamics
-from .integrator import (ADAPTIVE_SOLVERS, DEFAULT_SOLVER, FIXED_STEP_SOLVERS,
-                         EvaluationBudgetExceeded, EvaluationCount,
+from .integrator import (ADAPTIVE_SOLVERS, DEFAULT_SOLVER, ERROR_NORMS,
+                         FIXED_STEP_SOLVERS, EvaluationBudgetExceeded,
+                         EvaluationCount,
                          ODESolveError, SolverOptions)
 from .vector_field import VectorField
 from .enflow import ENFlow, ENFlowConfig, FlowInputs, FlowResult
@@ -24,6 +25,7 @@ __all__ = [
     'DEFAULT_SOLVER',
     'EvaluationCount',
     'ADAPTIVE_SOLVERS',
+    'ERROR_NORMS',
     'FIXED_STEP_SOLVERS',
     'FlowInputs',
     'CenteredGaussian',
