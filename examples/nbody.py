@@ -34,10 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.loader import DataLoader
 
-from torch_enf.datasets.nbody import NBody
+from torch_enf.datasets import NBody
 from torch_enf.io import atomic_path
-from torch_enf.nn.models.nbody import (EGNNDynamicsPredictor,
-                                       GNNDynamicsPredictor)
+from torch_enf.nn.models import EGNNDynamicsPredictor, GNNDynamicsPredictor
 
 MODELS = {'egnn': EGNNDynamicsPredictor, 'gnn': GNNDynamicsPredictor}
 LEARNING_RATES = {'egnn': 5e-4, 'gnn': 1e-3}  # the official README's

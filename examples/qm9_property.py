@@ -19,7 +19,8 @@ plan and last at its end, on a fixed random subset of ``--num-valid``
 validation molecules (the same subset for every model and seed: the full
 17,748 would cost minutes per evaluation on a CPU), the parameters of the
 best validation MAE are kept, and the test MAE is measured on the whole
-test split, in the paper's units. The results are written to ``OUT/<model>_<target>.json``.
+test split, in the paper's units. The results are written to
+``OUT/<model>_<target>.json``.
 
 Examples::
 
@@ -46,12 +47,11 @@ from torch_geometric.nn.models import SchNet
 from tqdm import tqdm
 
 from torch_enf.datasets.qm9 import SPLIT_SIZES
-from torch_enf.datasets.qm9_properties import (QM9Properties, Target,
-                                               resolve_target)
+from torch_enf.datasets import QM9Properties, resolve_target
+from torch_enf.datasets.qm9_properties import Target
 from torch_enf.io import atomic_path
-from torch_enf.nn.models.property import (EGNNRegressor,
-                                          RadiusInteractionGraph,
-                                          TorchDimeNetPlusPlus)
+from torch_enf.nn.models import (EGNNRegressor, RadiusInteractionGraph,
+                                 TorchDimeNetPlusPlus)
 
 MODELS = ('egnn', 'schnet', 'dimenet++')
 VALID_SUBSET_SEED = 0
