@@ -246,3 +246,26 @@ def test_lazy_in_channels_match_an_eager_layer():
     assert [name for name, _ in fresh.named_parameters()] == \
         [name for name, _ in eager.named_parameters()]
     assert fresh.node_mlp[0].weight.shape == (7, 5 + 7)
+
+
+def test_invariant_layer_keeps_positions_and_matches_the_full_layer():
+    h, pos = torch.randn(6, 4), torch.randn(6, 3)
+    edge_index = full_edge_index(torch.tensor([0, 0, 0, 1, 1, 1]))
+    full = EGCL(4, 8, edge_inference=True)
+    invariant = EGCL(4, 8, edge_inference=True, update_pos=False)
+    assert invariant.coord_lin1 is None and invariant.coord_lin2 is None
+    state = {name: value for name, value in full.state_dict().items()
+             if not name.startswith('coord_lin')}
+    invariant.load_state_dict(state)
+    h_out, pos_out = invariant(h, pos, edge_index)
+    assert pos_out is pos
+    torch.testing.assert_close(h_out, full(h, pos, edge_index)[0])
+    with pytest.raises(ValueError, match="'velocity=True' needs"):
+        EGCL(4, 8, velocity=True, update_pos=False)
+
+
+def test_invariant_layer_is_invariant(generator):
+    conv = EGCL(4, 8, edge_inference=True, update_pos=False).double()
+    pos, h, batch = mixed_batch(SIZES, 3, generator, 4)
+    assert_equivariant(lambda p, x, b: conv(x, p, full_edge_index(b))[0],
+                       pos, h, batch, ('node', ), generator=generator)

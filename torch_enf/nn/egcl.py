@@ -81,6 +81,13 @@ class EGCL(MessagePassing):
             :obj:`"add"`)
         act (torch.nn.Module, optional): The non-linearity. (default:
             :class:`torch.nn.SiLU`)
+        velocity (bool, optional): The momentum variant, which takes and
+            returns velocities. (default: :obj:`False`)
+        update_pos (bool, optional): If set to :obj:`False`, the layer has
+            no :math:`\phi_x` and returns the positions unchanged: an
+            E(n)-invariant feature layer, as in the paper's QM9 model, at
+            about three quarters of the per-edge work. (default:
+            :obj:`True`)
 
     Shapes:
         - **input:**
@@ -105,6 +112,7 @@ class EGCL(MessagePassing):
         aggr: str = 'add',
         act: Callable = torch.nn.SiLU(),
         velocity: bool = False,
+        update_pos: bool = True,
     ):
         if hidden_channels is None:
             hidden_channels = out_channels
@@ -116,6 +124,9 @@ class EGCL(MessagePassing):
             _check_width(value, name, least)
         if aggr not in ('add', 'mean'):
             raise ValueError(f"'aggr' must be 'add' or 'mean' (got '{aggr}')")
+        if velocity and not update_pos:
+            raise ValueError("'velocity=True' needs 'update_pos=True' (the "
+                             "momentum variant moves the positions)")
         # C > 0 keeps the update finite for coincident points.
         for name, value in (('coords_norm', coords_norm),
                             ('coords_range', coords_range)):
@@ -130,6 +141,7 @@ class EGCL(MessagePassing):
         self.coords_norm = coords_norm
         self.coords_range = coords_range
         self.velocity = velocity
+        self.update_pos = update_pos
         self.act = act
 
         # The layers that read h (phi_e's first layer acts on
@@ -138,8 +150,10 @@ class EGCL(MessagePassing):
         self.register_module('edge_lin1', None)
         self.edge_lin2 = Linear(hidden_channels, hidden_channels)
         self.inf_lin = Linear(hidden_channels, 1) if edge_inference else None
-        self.coord_lin1 = Linear(hidden_channels, hidden_channels)
-        self.coord_lin2 = Linear(hidden_channels, 1, bias=False)
+        self.coord_lin1 = Linear(hidden_channels, hidden_channels) \
+            if update_pos else None
+        self.coord_lin2 = Linear(hidden_channels, 1, bias=False) \
+            if update_pos else None
         self.register_module('node_mlp', None)
         self.register_module('vel_mlp', None)
         if in_channels >= 0:
@@ -184,7 +198,8 @@ class EGCL(MessagePassing):
         for module in (self.edge_lin1, self.edge_lin2, self.inf_lin,
                        self.coord_lin1, self.node_mlp, self.vel_mlp):
             reset(module)
-        torch.nn.init.xavier_uniform_(self.coord_lin2.weight, gain=1e-3)
+        if self.coord_lin2 is not None:
+            torch.nn.init.xavier_uniform_(self.coord_lin2.weight, gain=1e-3)
 
     def forward(
         self,
@@ -231,18 +246,20 @@ class EGCL(MessagePassing):
         proj_target = torch.addmm(self.edge_lin1.bias, h, weight[:, :c].t())
         proj_source = h @ weight[:, c:2 * c].t()
 
-        agg_msg, agg_shift = self.propagate(
+        aggregated = self.propagate(
             edge_index, proj=(proj_source, proj_target), pos=pos,
             edge_attr=edge_attr, weight_edge=weight[:, 2 * c:].t())
 
-        h_out = self.node_mlp(torch.cat([h, agg_msg], dim=-1))
+        h_out = self.node_mlp(torch.cat([h, aggregated[0]], dim=-1))
         if self.out_channels == self.in_channels:
             h_out = h + h_out
 
-        if vel is None:
-            out = (h_out, pos + agg_shift)
+        if not self.update_pos:
+            out = (h_out, pos)
+        elif vel is None:
+            out = (h_out, pos + aggregated[1])
         else:
-            vel_out = self.vel_mlp(h) * vel + agg_shift
+            vel_out = self.vel_mlp(h) * vel + aggregated[1]
             out = (h_out, pos + vel_out, vel_out)
         if checking_values():
             self._check_outputs(out, pos, edge_index)
@@ -250,7 +267,7 @@ class EGCL(MessagePassing):
 
     def message(self, proj_i: Tensor, proj_j: Tensor, pos_i: Tensor,
                 pos_j: Tensor, edge_attr: Optional[Tensor],
-                weight_edge: Tensor) -> Tuple[Tensor, Tensor]:
+                weight_edge: Tensor) -> Tuple[Tensor, ...]:
         diff = pos_i - pos_j
         dist2 = diff.pow(2).sum(dim=-1, keepdim=True)
         edge_in = dist2 if edge_attr is None else torch.cat(
@@ -266,6 +283,8 @@ class EGCL(MessagePassing):
         msg = self.act(self.edge_lin2(msg))
         if self.inf_lin is not None:
             msg = msg * torch.sigmoid(self.inf_lin(msg))
+        if self.coord_lin1 is None:
+            return (msg, )
 
         scale = self.coord_lin2(self.act(self.coord_lin1(msg)))
         if self.coords_range is not None:
@@ -274,16 +293,16 @@ class EGCL(MessagePassing):
             scale = scale / (safe_norm(dist2) + self.coords_norm)
         return msg, diff * scale
 
-    def explain_message(self, inputs: Tuple[Tensor, Tensor],
-                        dim_size: Optional[int]) -> Tuple[Tensor, Tensor]:
+    def explain_message(self, inputs: Tuple[Tensor, ...],
+                        dim_size: Optional[int]) -> Tuple[Tensor, ...]:
         r"""Scales the message *and* the coordinate shift of every edge by
         the edge mask of PyG's :class:`~torch_geometric.explain.Explainer`,
         so that masking an edge removes all of its influence."""
         return tuple(MessagePassing.explain_message(self, x, dim_size)
                      for x in inputs)
 
-    def aggregate(self, inputs: Tuple[Tensor, Tensor], index: Tensor,
-                  dim_size: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    def aggregate(self, inputs: Tuple[Tensor, ...], index: Tensor,
+                  dim_size: Optional[int] = None) -> Tuple[Tensor, ...]:
         # Native index_add (whose backward is a cheap index_select) for the
         # messages and the coordinate shifts alike.
         reduce = scatter_mean if self.aggr == 'mean' else scatter_sum

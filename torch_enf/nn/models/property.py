@@ -30,10 +30,9 @@ class EGNNRegressor(torch.nn.Module):
 
     with two-layer MLPs :math:`\phi_n` and :math:`\phi_g`. The positions
     :math:`\mathbf{p}` are never updated (as in the official code, which
-    drops the coordinate update for QM9): every layer reads the input
-    positions and the positions it returns are discarded, so the
-    coordinate MLP of :class:`~torch_enf.nn.EGCL` costs forward time but
-    gets no gradient. The output is E(3)-invariant and invariant to node
+    drops the coordinate update for QM9): the layers are built with
+    :obj:`update_pos=False`, without the coordinate network :math:`\phi_x`.
+    The output is E(3)-invariant and invariant to node
     permutations within each molecule.
 
     Args:
@@ -70,7 +69,8 @@ class EGNNRegressor(torch.nn.Module):
         self.layers = ModuleList(
             EGCL(in_channels=hidden_channels, out_channels=hidden_channels,
                  hidden_channels=hidden_channels,
-                 edge_inference=edge_inference, aggr='add', act=act)
+                 edge_inference=edge_inference, aggr='add', act=act,
+                 update_pos=False)
             for _ in range(num_layers))
         self.node_decoder = Sequential(
             Linear(hidden_channels, hidden_channels), act,
