@@ -33,10 +33,10 @@ def default_batch(num_nodes: int, device: torch.device) -> Tensor:
 
 def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     r"""Sums the rows of :obj:`src` into :obj:`dim_size` buckets given by
-    :obj:`index` (native :meth:`torch.Tensor.index_add`, differentiable to
-    any order)."""
+    :obj:`index` (native :meth:`torch.Tensor.index_add_` into fresh zeros,
+    differentiable to any order)."""
     out = src.new_zeros((dim_size, ) + src.shape[1:])
-    return out.index_add(0, index, src)
+    return out.index_add_(0, index, src)
 
 
 def scatter_mean(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
