@@ -61,6 +61,7 @@ from torch_enf.systems import (AlanineDipeptide, load_trajectory,
                                split_trajectory)
 from torch_enf.systems.molecular import mirror
 from torch_enf.training import FitConfig, fit
+from torch_enf.utils import json_safe
 
 SCALE = 10.0
 r"""Flow length unit per nm: the flow works in Angstrom."""
@@ -506,7 +507,7 @@ def write_results(results: Dict[str, Any], folder: str) -> str:
     r"""Writes :obj:`results.json` atomically; returns its path."""
     path = osp.join(folder, 'results.json')
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
-        json.dump(results, f, indent=1, allow_nan=True)
+        json.dump(json_safe(results), f, indent=1, allow_nan=False)
     return path
 
 
