@@ -36,22 +36,12 @@ from typing import Callable, Dict, List
 
 import torch
 
+from bench_layers import median_seconds
 from torch_enf.nn import EGNN, full_edge_index
 from torch_enf.nn.models import EGNNDynamicsPredictor
 from torch_enf.nn.models.nbody import pair_features
 
 NUM_GRAPHS = 100
-
-
-def median_seconds(fn: Callable[[], None], repeats: int) -> float:
-    for _ in range(5):  # warm-up
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def graph(num_nodes: int, n_dims: int, generator: torch.Generator):
@@ -139,7 +129,8 @@ def compare(workloads: Dict[str, Callable], rounds: int, repeats: int,
     seconds: Dict[str, List[float]] = {name: [] for name in names}
     for _ in range(rounds):
         for name in names:
-            seconds[name].append(median_seconds(runs[name], repeats))
+            seconds[name].append(median_seconds(runs[name], repeats,
+                                                warmup=5))
     result = {name: {'ms': [round(1e3 * s, 3) for s in seconds[name]],
                      'median_ms': round(1e3 * statistics.median(
                          seconds[name]), 3)}
