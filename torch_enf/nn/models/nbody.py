@@ -41,7 +41,27 @@ def pair_features(pos: Tensor, charge: Tensor, edge_index: Tensor
     return torch.cat([charge[target] * charge[source], dist2], dim=-1)
 
 
-class EGNNDynamicsPredictor(torch.nn.Module):
+class _DynamicsPredictor(torch.nn.Module):
+    r"""What the N-body models share: the checked width and depth, a reset
+    of every submodule and the representation."""
+    def __init__(self, hidden_channels: int, num_layers: int):
+        super().__init__()
+        check_positive_integer(hidden_channels, 'hidden_channels')
+        check_positive_integer(num_layers, 'num_layers')
+        self.hidden_channels = hidden_channels
+        self.num_layers = num_layers
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters of the module."""
+        for module in self.children():
+            reset(module)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(hidden_channels='
+                f'{self.hidden_channels}, num_layers={self.num_layers})')
+
+
+class EGNNDynamicsPredictor(_DynamicsPredictor):
     r"""The paper's EGNN for N-body dynamics: :obj:`num_layers`
     :class:`~torch_enf.nn.EGCL` layers in the momentum (velocity) variant,
 
@@ -83,11 +103,7 @@ class EGNNDynamicsPredictor(torch.nn.Module):
     """
     def __init__(self, hidden_channels: int = 64, num_layers: int = 4,
                  act: Callable = torch.nn.SiLU()):
-        super().__init__()
-        check_positive_integer(hidden_channels, 'hidden_channels')
-        check_positive_integer(num_layers, 'num_layers')
-        self.hidden_channels = hidden_channels
-        self.num_layers = num_layers
+        super().__init__(hidden_channels, num_layers)
         self.embedding = Linear(1, hidden_channels)
         self.convs = ModuleList([
             EGCL(in_channels=hidden_channels, out_channels=hidden_channels,
@@ -95,12 +111,6 @@ class EGNNDynamicsPredictor(torch.nn.Module):
                  act=act, velocity=True)
             for _ in range(num_layers)
         ])
-
-    def reset_parameters(self):
-        r"""Resets all learnable parameters of the module."""
-        self.embedding.reset_parameters()
-        for conv in self.convs:
-            conv.reset_parameters()
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor,
                 edge_index: Tensor) -> Tensor:
@@ -118,10 +128,6 @@ class EGNNDynamicsPredictor(torch.nn.Module):
         for conv in self.convs:
             h, pos, _ = conv(h, pos, edge_index, edge_attr, vel=vel)
         return pos
-
-    def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}(hidden_channels='
-                f'{self.hidden_channels}, num_layers={self.num_layers})')
 
 
 class GCL(MessagePassing):
@@ -180,7 +186,7 @@ class GCL(MessagePassing):
                 f'edge_dim={self.edge_dim})')
 
 
-class GNNDynamicsPredictor(torch.nn.Module):
+class GNNDynamicsPredictor(_DynamicsPredictor):
     r"""The paper's non-equivariant GNN baseline for N-body dynamics
     (Table 2, row "GNN"): the positions and velocities, concatenated, are
     the node features and the charge products the edge attributes (as in
@@ -211,23 +217,12 @@ class GNNDynamicsPredictor(torch.nn.Module):
     """
     def __init__(self, hidden_channels: int = 64, num_layers: int = 4,
                  act: Callable = torch.nn.SiLU()):
-        super().__init__()
-        check_positive_integer(hidden_channels, 'hidden_channels')
-        check_positive_integer(num_layers, 'num_layers')
-        self.hidden_channels = hidden_channels
-        self.num_layers = num_layers
+        super().__init__(hidden_channels, num_layers)
         self.embedding = Linear(6, hidden_channels)
         self.convs = ModuleList([GCL(hidden_channels, edge_dim=1, act=act)
                                  for _ in range(num_layers)])
         self.decoder = Sequential(Linear(hidden_channels, hidden_channels),
                                   act, Linear(hidden_channels, 3))
-
-    def reset_parameters(self):
-        r"""Resets all learnable parameters of the module."""
-        self.embedding.reset_parameters()
-        for conv in self.convs:
-            conv.reset_parameters()
-        reset(self.decoder)
 
     def forward(self, pos: Tensor, vel: Tensor, charge: Tensor,
                 edge_index: Tensor) -> Tensor:
@@ -239,8 +234,4 @@ class GNNDynamicsPredictor(torch.nn.Module):
         for conv in self.convs:
             h = conv(h, edge_index, edge_attr)
         return self.decoder(h)
-
-    def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}(hidden_channels='
-                f'{self.hidden_channels}, num_layers={self.num_layers})')
 
