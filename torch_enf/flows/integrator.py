@@ -2,6 +2,7 @@ r"""ODE integration of the flows: solver options validated in one place, the
 augmented right-hand side (state, Jacobian trace, regularisers) and the solve
 with :obj:`torchdiffeq`, forward or adjoint."""
 import collections
+import functools
 from dataclasses import dataclass
 from typing import (Any, Callable, Deque, Dict, List, Optional, Sequence,
                     Tuple)
@@ -221,9 +222,6 @@ class AugmentedODE:
             batch, num_graphs, sum(x.size(-1) for x in nodes), nodes[0]) \
             if trace == 'exact' else None
         self.counter = counter
-        self.node_counts = scatter_sum(
-            torch.ones_like(batch, dtype=nodes[0].dtype), batch,
-            num_graphs).clamp_min(1)
         self.num_evals = 0
         self.options = DEFAULT_SOLVER
         self.interval = 1.0
@@ -258,6 +256,13 @@ class AugmentedODE:
             extra = [e.detach() for e in extra]
         return tuple(velocities + extra)
 
+    @functools.cached_property
+    def node_counts(self) -> Tensor:
+        r"""The number of nodes of every graph :obj:`[num_graphs]` (at least
+        one), needed by :meth:`error_norm` only."""
+        ones = torch.ones(self.batch.shape, device=self.batch.device)
+        return scatter_sum(ones, self.batch, self.num_graphs).clamp_min(1)
+
     def error_norm(self, state: Tuple[Tensor, ...]) -> Tensor:
         r"""The adaptive solver's norm of a state-shaped error, taken per
         graph: the largest, over the graphs and the parts of the state, of
@@ -277,7 +282,7 @@ class AugmentedODE:
             if part < num_node_parts:
                 per_graph = scatter_sum(x.pow(2).sum(-1), self.batch,
                                         self.num_graphs)
-                per_graph = per_graph / (self.node_counts
+                per_graph = per_graph / (self.node_counts.to(x.dtype)
                                          * max(x.size(-1), 1))
             else:  # integrated per graph: [num_graphs]
                 per_graph = x.pow(2)
