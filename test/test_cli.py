@@ -360,3 +360,32 @@ def test_degenerate_structures_are_named_not_scored(points_run, tmp_path,
     with open(tmp_path / 'c.logprob.csv') as f:
         rows = list(csv.DictReader(f))
     assert [r['log_prob'] == 'nan' for r in rows] == [False, False, True]
+
+
+def test_init_starts_from_the_weights_of_another_run(points_run, tmp_path):
+    from torch_enf.tasks.base import start_from
+    trained = load_pretrained(points_run)
+    model = type(trained).from_config(trained.config())
+    assert any(not torch.equal(a, b) for a, b in zip(
+        model.state_dict().values(), trained.state_dict().values()))
+    start_from(model, str(points_run / 'model.pt'))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    data = points_run.parent / 'points.npy'
+    assert run_cli('train', 'points', '--data', data, '--root',
+                   points_run.parent / 'data', '--out', tmp_path / 'more',
+                   '--init', points_run, *TINY) == 0
+    card = read_model(tmp_path / 'more' / 'model.pt').card
+    assert card['training']['init'] == str(points_run)
+
+
+def test_init_refuses_a_model_of_another_configuration(points_run,
+                                                        tmp_path, capsys):
+    argv = ['train', 'points', '--data', points_run.parent / 'points.npy',
+            '--root', points_run.parent / 'data', '--out', tmp_path / 'x',
+            '--init', points_run, *TINY]
+    argv[argv.index('--hidden') + 1] = 16
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert 'Cannot start from' in err and 'hidden_channels' in err
+    assert not (tmp_path / 'x' / 'checkpoint.pt').exists()

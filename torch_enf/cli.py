@@ -284,6 +284,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    '2 CPU cores; options given explicitly override it')
     r.add_argument('--resume', action='store_true',
                    help='continue OUT/checkpoint.pt (same configuration)')
+    r.add_argument('--init', default=None, metavar='MODEL',
+                   help='start from the weights of a shipped model, model '
+                   'file or run folder with the same model configuration '
+                   '(fine-tuning, or a finished run trained further)')
     _common(r)
 
 
@@ -346,7 +350,7 @@ def run_configs(args: argparse.Namespace):
                                                         args.epochs // 20),
                       bf16=args.bf16, time_budget=args.time_budget),
         objective=objective.config(), batch_size=args.batch_size,
-        seed=args.seed)
+        seed=args.seed, init=args.init)
     if args.bf16 and args.objective != 'fm':
         raise CommandError('--bf16 is for flow matching (ODE solves stay '
                            'in float32)')

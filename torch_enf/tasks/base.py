@@ -12,7 +12,7 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Tuple,
 import torch
 from torch_geometric.data import Batch, Data, Dataset
 
-from torch_enf.config import Config
+from torch_enf.config import Config, differences
 from torch_enf.distributed import (DistributedContext, init_distributed,
                                    shard_loader, shutdown)
 from torch_enf.evaluation import NLLEstimate, evaluate_nll
@@ -138,7 +138,13 @@ class EvaluationConfig(Config):
 class RunConfig(Config):
     r"""Everything that defines a training run: stored in its checkpoint
     and compared on resume (see :func:`torch_enf.training.fit` for the
-    fields that may change)."""
+    fields that may change).
+
+    :obj:`init` names a model (a shipped name, a model file or a run folder,
+    anything :func:`~torch_enf.pretrained.read_model` reads) whose weights
+    the run starts from instead of a fresh initialisation: fine-tuning a
+    shipped model on other data, or training a finished run further with a
+    new schedule. Its configuration must equal the one the run builds."""
     task: str
     data: DataConfig = DataConfig()
     model: ModelOptions = ModelOptions()
@@ -147,6 +153,7 @@ class RunConfig(Config):
         name='fm'))
     batch_size: int = 100
     seed: int = 0
+    init: Optional[str] = None
 
     def __post_init__(self):
         if not self.batch_size >= 1:
@@ -371,7 +378,10 @@ def _train(task: Task, run: RunConfig, objective: Objective,
         raise ValueError(f'The training set holds {len(splits.train)} '
                          f'graphs, fewer than one batch of {run.batch_size}'
                          f' per process: lower --batch-size')
-    model = task.build_model(run.model, splits).to(context.device)
+    model = task.build_model(run.model, splits)
+    if run.init is not None and not resume:
+        start_from(model, run.init)
+    model = model.to(context.device)
     loader = shard_loader(splits.train, run.batch_size, context,
                           seed=run.seed, drop_last=True)
     valid = shard_loader(subset(splits.valid, evaluation.num_valid), 100,
@@ -404,6 +414,26 @@ def _train(task: Task, run: RunConfig, objective: Objective,
         training=run.to_dict(), evaluation=evaluation.to_dict(),
         sampler=evaluation.sampler.to_dict(), metrics=json_safe(results)))
     return results
+
+
+def start_from(model: torch.nn.Module, init: str) -> None:
+    r"""Loads the weights of the model :obj:`init` (anything
+    :func:`~torch_enf.pretrained.read_model` reads) into :obj:`model`.
+
+    Raises:
+        ValueError: If the two models' configurations differ (every
+            difference is named).
+    """
+    # pretrained imports the tasks to rebuild a model's task.
+    from torch_enf.pretrained import read_model
+    found = read_model(init)
+    changed = differences(found.model, model_config(model))
+    if changed:
+        listed = '; '.join(f'{name}: {stored!r} in {init}, {built!r} here'
+                           for name, stored, built in changed)
+        raise ValueError(f"Cannot start from {init}: its model differs "
+                         f"from the one this run builds ({listed})")
+    model.load_state_dict(found.state_dict)
 
 
 def _identity(run: RunConfig, stored_model: Dict[str, Any]
