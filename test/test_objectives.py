@@ -293,7 +293,8 @@ def test_flow_matching_rejects_bad_input(generator):
         FlowMatching()(torch.nn.Linear(2, 2), Data(pos=pos))
     for kwargs in (dict(sigma=-1.0), dict(sigma=math.inf),
                    dict(align_iterations=0), dict(align_iterations=True),
-                   dict(time_exponent=0.0), dict(time_exponent=math.nan)):
+                   dict(time_exponent=0.0), dict(time_exponent=math.nan),
+                   dict(endpoint_weight=0.0), dict(endpoint_weight=1.5)):
         with pytest.raises(ValueError):
             FlowMatching(**kwargs)
     # NumPy scalars are numbers like any other.
@@ -403,10 +404,41 @@ def test_time_exponent_moves_the_times_towards_the_data(generator,
                                                         abs=0.02)
 
 
+def test_endpoint_weight_is_the_error_of_the_predicted_clean_graph(
+        generator, monkeypatch):
+    flow = small_flow(3, 2)
+    pos, h, batch = mixed_batch([4, 6, 5, 3], 3, generator, 2)
+    seen = {}
+    velocity = flow.velocity
+
+    def spy(t, *args):
+        seen['t'], seen['inputs'] = t, args[:2]
+        seen['v'] = velocity(t, *args)
+        return seen['v']
+
+    monkeypatch.setattr(flow, 'velocity', spy)
+    plain = fm_loss(flow, pos, batch, h)
+    weighted = fm_loss(flow, pos, batch, h, endpoint_weight=0.3)
+    t = seen['t'][batch.new_tensor([0, 4, 10, 15])]
+    torch.testing.assert_close(weighted, plain * t.clamp_min(0.3) ** 2)
+    # Above the floor: || x_t - t f(x_t) - x ||^2 per degree of freedom.
+    s = seen['t'].unsqueeze(-1)
+    centred = center_pos(pos, batch, 4)
+    error = (seen['inputs'][0] - s * seen['v'][0] - centred).pow(2).sum(-1) \
+        + (seen['inputs'][1] - s * seen['v'][1] - h).pow(2).sum(-1)
+    sizes = torch.tensor([4.0, 6.0, 5.0, 3.0], dtype=pos.dtype)
+    endpoint = torch.zeros(4, dtype=pos.dtype).index_add_(0, batch, error) \
+        / ((sizes - 1) * 3 + sizes * 2)
+    above = t >= 0.3
+    assert above.any()
+    torch.testing.assert_close(weighted[above], endpoint[above])
+
+
 @pytest.mark.parametrize('objective', [
     MaximumLikelihood(),
     MaximumLikelihood(0.1, 'exact', SolverOptions('midpoint', num_steps=8)),
     FlowMatching(sigma=0.05, align=False, time_exponent=2.0),
+    FlowMatching(endpoint_weight=0.2),
 ])
 def test_objective_config_is_plain_data_and_round_trips(objective):
     import json

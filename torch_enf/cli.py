@@ -231,6 +231,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help='fm: also exchange base samples between graphs')
     o.add_argument('--time-exponent', type=float, default=1.0,
                    help='fm: times t = u^k, u uniform')
+    o.add_argument('--endpoint-weight', type=float, default=None,
+                   metavar='C', help='fm: weight the loss at time t by '
+                   'max(t, C)^2, the error of the predicted clean graph')
     o.add_argument('--ode-reg', type=float, default=0.0,
                    help='ml: weight of the kinetic + Jacobian regulariser')
     o.add_argument('--train-tol', type=float, default=1e-4,
@@ -331,7 +334,8 @@ def run_configs(args: argparse.Namespace):
         objective = objective_from_name(
             'fm', sigma=args.sigma, align=not args.no_align,
             minibatch_ot=args.minibatch_ot,
-            time_exponent=args.time_exponent)
+            time_exponent=args.time_exponent,
+            endpoint_weight=args.endpoint_weight)
     else:
         objective = objective_from_name(
             args.objective, regularization_weight=args.ode_reg,

@@ -49,6 +49,17 @@ class FlowMatching(Objective):
     graphs of the same size
     (:func:`~torch_enf.objectives.alignment.match_graphs`).
 
+    With :obj:`endpoint_weight` :math:`= c`, the loss of a graph at time
+    :math:`t` is weighted by :math:`\max(t, c)^2`. Above :math:`c` this is
+    the error of the clean graph the field predicts,
+    :math:`\|\hat{\mathbf{x}} - \mathbf{x}\|^2` with
+    :math:`\hat{\mathbf{x}} = \mathbf{x}_t - t f(\mathbf{x}_t, t)`
+    (end-point prediction, as diffusion models train), which moves the
+    training toward large :math:`t`, where the molecular graph is decided;
+    below :math:`c` the weight stays :math:`c^2`, so that the field near
+    the data, which decides the likelihood, is still trained. The minimiser
+    is unchanged.
+
     The model must provide :obj:`flow_inputs(data)`, :obj:`velocity(t, pos,
     h, batch, num_graphs)` and :obj:`sample_base(batch, num_graphs,
     generator)`, as :class:`~torch_enf.flows.ENFlow` and
@@ -71,19 +82,30 @@ class FlowMatching(Objective):
             of equal size. (default: :obj:`False`)
         time_exponent (float, optional): The exponent :math:`k` of the time
             distribution. (default: :obj:`1.0`: uniform)
+        endpoint_weight (float, optional): The floor :math:`c \in (0, 1]`
+            of the end-point weighting :math:`\max(t, c)^2`.
+            (default: :obj:`None`: every time weighs the same)
         generator (torch.Generator, optional): Source of the base samples,
             times and path noise. (default: PyTorch's global generator)
     """
     options = ('sigma', 'align', 'align_iterations', 'minibatch_ot',
-               'time_exponent')
+               'time_exponent', 'endpoint_weight')
 
     def __init__(self, sigma: float = 0.0, align: bool = True,
                  align_iterations: int = 3, minibatch_ot: bool = False,
                  time_exponent: float = 1.0,
+                 endpoint_weight: Optional[float] = None,
                  generator: Optional[torch.Generator] = None):
         check_non_negative_number(sigma, 'sigma')
         check_positive_number(time_exponent, 'time_exponent')
         check_positive_integer(align_iterations, 'align_iterations')
+        if endpoint_weight is not None:
+            check_positive_number(endpoint_weight, 'endpoint_weight')
+            if endpoint_weight > 1:
+                raise ValueError(f"'endpoint_weight' must be at most 1 "
+                                 f"(got {endpoint_weight})")
+            endpoint_weight = float(endpoint_weight)
+        self.endpoint_weight = endpoint_weight
         self.sigma = float(sigma)
         self.align = bool(align)
         self.align_iterations = align_iterations
@@ -103,8 +125,11 @@ class FlowMatching(Objective):
             if self.sigma > 0:
                 noise = model.sample_base(inputs.batch, inputs.num_graphs,
                                           self.generator)
-        return flow_matching_loss(model, inputs, z_pos, z_h, t, self.sigma,
+        loss = flow_matching_loss(model, inputs, z_pos, z_h, t, self.sigma,
                                   noise)
+        if self.endpoint_weight is None:
+            return loss
+        return loss * t.clamp_min(self.endpoint_weight).pow(2)
 
     def base_samples(self, model: torch.nn.Module,
                      inputs: FlowInputs) -> tuple:
