@@ -363,7 +363,7 @@ def test_degenerate_structures_are_named_not_scored(points_run, tmp_path,
 
 
 def test_init_starts_from_the_weights_of_another_run(points_run, tmp_path):
-    from torch_enf.tasks.base import start_from
+    from torch_enf.tasks import start_from
     trained = load_pretrained(points_run)
     model = type(trained).from_config(trained.config())
     assert any(not torch.equal(a, b) for a, b in zip(

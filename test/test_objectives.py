@@ -339,7 +339,7 @@ def test_objective_registry():
     objective = objective_from_name('fm', sigma=0.1)
     assert objective.config() == dict(name='fm', sigma=0.1, align=True,
                                       align_iterations=3, minibatch_ot=False,
-                                      time_exponent=1.0)
+                                      time_exponent=1.0, endpoint_weight=None)
     assert 'FlowMatching(sigma=0.1' in repr(objective)
     with pytest.raises(ValueError, match="Unknown objective 'kl'"):
         objective_from_name('kl')

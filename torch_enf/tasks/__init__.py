@@ -17,7 +17,7 @@ for the user's own data.
 """
 from .base import (TASKS, DataConfig, EvaluationConfig, ModelOptions,
                    RunConfig, Splits, Structures, Task, get_task,
-                   register_task, task_from_state, train)
+                   register_task, start_from, task_from_state, train)
 from .particles import PointCloudTask, PointsTask, SystemTask
 from .molecules import MoleculeTask, MoleculesTask, QM9PositionalTask, QM9Task
 
@@ -28,6 +28,7 @@ __all__ = [
     'get_task',
     'task_from_state',
     'train',
+    'start_from',
     'DataConfig',
     'ModelOptions',
     'EvaluationConfig',
