@@ -121,6 +121,17 @@ def check_positive_integer(value: Any, name: str) -> None:
                          f"{value!r})")
 
 
+def check_time(value: Any, name: str) -> float:
+    r"""Returns :obj:`value` as a float if it is a time in :math:`(0, 1]`,
+    the time span of the flows, and raises :class:`ValueError`
+    otherwise."""
+    check_positive_number(value, name)
+    if value > 1:
+        raise ValueError(f"'{name}' must lie in (0, 1], the time span of "
+                         f"the flow (got {value!r})")
+    return float(value)
+
+
 def check_non_negative_number(value: Any, name: str) -> None:
     r"""Raises :class:`ValueError` unless :obj:`value` is a finite real
     number of at least zero (not a boolean, NaN or inf)."""

@@ -19,8 +19,8 @@ from torch_enf.nn import full_edge_index
 from torch_enf.utils import (center_pos, center_pos_exact,
                              check_batch_vector, check_finite_graphs,
                              check_node_matrix, check_positive_integer,
-                             check_positive_number, default_batch,
-                             graph_sizes, inputs_checked)
+                             check_positive_number, check_time,
+                             default_batch, graph_sizes, inputs_checked)
 
 TRACES = ('exact', 'hutchinson')
 r"""The estimators of the Jacobian trace: exact (one vector-Jacobian product
@@ -382,7 +382,7 @@ class ENFlow(torch.nn.Module):
         :obj:`end_time` :math:`s < 1` the solve stops at :math:`t = s` (a
         fixed-step solver takes its :obj:`num_steps` on :math:`[0, s]`).
         :obj:`solver` and :obj:`counter` are as in :meth:`log_prob`."""
-        end_time = _check_time(end_time, 'end_time')
+        end_time = check_time(end_time, 'end_time')
         inputs = self.flow_inputs(data)
         return self._solve(inputs.pos, inputs.h, inputs.batch,
                            inputs.num_graphs, 0.0, end_time,
@@ -404,7 +404,7 @@ class ENFlow(torch.nn.Module):
         :class:`~torch_enf.objectives.FlowMatching`), carried to
         :math:`t = 0`. :obj:`solver` and :obj:`counter` are as in
         :meth:`log_prob`."""
-        start_time = _check_time(start_time, 'start_time')
+        start_time = check_time(start_time, 'start_time')
         pos, h, batch, num_graphs = self._check(pos, h, batch)
         return self._solve(center_pos_exact(pos, batch, num_graphs), h,
                            batch, num_graphs, start_time, 0.0,
@@ -725,15 +725,6 @@ def _check_integer(value: Any, name: str, least: int) -> None:
             value < least:
         raise ValueError(f"'{name}' must be an integer of at least {least} "
                          f"(got {value!r})")
-
-
-def _check_time(time: float, name: str) -> float:
-    r"""A time in :math:`(0, 1]` where a solve starts or ends."""
-    check_positive_number(time, name)
-    if time > 1:
-        raise ValueError(f"'{name}' must lie in (0, 1], the time span of "
-                         f"the flow (got {time!r})")
-    return float(time)
 
 
 def _is_integer_scalar(value: Any) -> bool:

@@ -9,7 +9,8 @@ from torch_enf.objectives.alignment import align_base_samples, match_graphs
 from torch_enf.objectives.base import Objective, register_objective
 from torch_enf.utils import (center_pos, check_non_negative_number,
                              check_positive_integer, check_positive_number,
-                             graph_sizes, inputs_checked, scatter_sum)
+                             check_time, graph_sizes, inputs_checked,
+                             scatter_sum)
 
 
 @register_objective('fm')
@@ -99,13 +100,8 @@ class FlowMatching(Objective):
         check_non_negative_number(sigma, 'sigma')
         check_positive_number(time_exponent, 'time_exponent')
         check_positive_integer(align_iterations, 'align_iterations')
-        if endpoint_weight is not None:
-            check_positive_number(endpoint_weight, 'endpoint_weight')
-            if endpoint_weight > 1:
-                raise ValueError(f"'endpoint_weight' must be at most 1 "
-                                 f"(got {endpoint_weight})")
-            endpoint_weight = float(endpoint_weight)
-        self.endpoint_weight = endpoint_weight
+        self.endpoint_weight = None if endpoint_weight is None else \
+            check_time(endpoint_weight, 'endpoint_weight')
         self.sigma = float(sigma)
         self.align = bool(align)
         self.align_iterations = align_iterations
