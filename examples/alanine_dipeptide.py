@@ -10,30 +10,17 @@ reweighted, against MD. Needs ``pip install torch-enf[md]``::
         --data data/alanine/md_20ns_seed0.npz \
         --budget 25
 
-Design:
-
-* **Units.** The flow works in Angstrom (nm x 10): bonds are 1-1.5 and the
-  molecule a few units across, the scale of the unit Gaussian base and of
-  the EGNN's distance features. Energies are evaluated in nm. A density in
-  Angstrom on the :math:`D = 3 \cdot 22 - 3 = 63`-dimensional centred
-  subspace relates to the one in nm by :math:`\log q_{nm} = \log q_{Å} +
-  D \ln 10`, so ``NLL_nm = NLL_Å - 63 ln 10 = NLL_Å - 145.06`` nats; both
-  are written. Log-weights use :math:`\log q_{nm}` (a constant shift, which
-  only moves :math:`\log Z`).
-* **Atom types.** Only truly exchangeable atoms share a type: the three
-  hydrogens of each methyl group (ACE, ALA's CB, NME); the other 13 atoms
-  have a type each (16 types). The types are fixed one-hot inputs of the
-  vector field (not flowed) and restrict the flow-matching permutation
-  search. The force field treats the hydrogens of a methyl group alike, so
-  the Boltzmann density is invariant to their permutations, as the flow's.
-* **Chirality.** An E(3)-equivariant flow has a reflection-invariant
-  density, :math:`q(R\mathbf{x}) = q(\mathbf{x})`, so half of its mass is
-  on D-alanine, which MD at 300 K never visits. Samples with D chirality
-  at the alpha carbon are reflected (:func:`mirror`); the reflected-when-D
-  samples have the density :math:`q_L(\mathbf{x}) = q(\mathbf{x}) +
-  q(R\mathbf{x}) = 2 q(\mathbf{x})` on L configurations, and the energy is
-  reflection invariant, so their log-weights are :math:`-u - \log q -
-  \ln 2`: a constant offset, which cancels in self-normalised weights.
+The model is the library's :class:`~torch_enf.flows.ConformerFlow` with the
+exchangeable atom types of
+:meth:`~torch_enf.systems.AlanineDipeptide.exchangeable_types`, in
+Angstrom; samples of D chirality are reflected to L
+(:meth:`~torch_enf.systems.AlanineDipeptide.to_l_chirality`); see
+:mod:`torch_enf.tasks.alanine` for the units and the chirality. This script
+selects the model by its flow-matching validation loss (cheap) and writes
+NLLs both in Angstrom and in nm (``NLL_nm = NLL_Å - 63 ln 10``); log-weights
+use :math:`\log q_{nm}`. The same model trains with ``torch-enf train
+alanine-dipeptide``; the run folder gets a ``model.pt`` that ``torch-enf
+sample``, ``logprob`` and ``evaluate`` read.
 """
 import argparse
 import json
@@ -44,7 +31,6 @@ import platform
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
@@ -53,15 +39,18 @@ from torch_geometric.loader import DataLoader
 from torch_enf.boltzmann import (effective_sample_size,
                                  log_partition_function)
 from torch_enf.evaluation import evaluate_nll
-from torch_enf.flows import ENFlow, EGNNDynamics, SolverOptions
-from torch_enf.flows.enflow import FlowInputs
+from torch_enf.flows import DEFAULT_SOLVER, ConformerFlow, SolverOptions
 from torch_enf.io import atomic_path
 from torch_enf.objectives import FlowMatching
-from torch_enf.systems import (AlanineDipeptide, load_trajectory,
+from torch_enf.systems import (AlanineDipeptide, bootstrap_delta_f,
+                               free_energy_surface, load_trajectory,
                                split_trajectory)
-from torch_enf.systems.molecular import mirror
+from torch_enf.storage import save_model
+from torch_enf.tasks import get_task
 from torch_enf.training import FitConfig, fit
 from torch_enf.utils import json_safe
+from torch_enf.visualization import (plot_ramachandran,
+                                     plot_reweighted_energies)
 
 SCALE = 10.0
 r"""Flow length unit per nm: the flow works in Angstrom."""
@@ -71,36 +60,12 @@ CENTRED_DIMS = 3 * NUM_ATOMS - 3
 NM_SHIFT = CENTRED_DIMS * math.log(SCALE)
 r""":math:`\log q_{nm} - \log q_{Å} = 63 \ln 10` nats."""
 
-EXCHANGEABLE = (('ACE', ('H1', 'H2', 'H3')), ('ALA', ('HB1', 'HB2', 'HB3')),
-                ('NME', ('H1', 'H2', 'H3')))
-r"""The groups of atoms (residue, names) that share a type: the hydrogens
-of the three methyl groups."""
-
 RESULT_KEYS = ('settings', 'machine', 'training', 'test_nll', 'samples',
                'ess', 'log_z', 'delta_f')
 r"""The top-level keys of the results JSON."""
 
 
 # Data ---------------------------------------------------------------------
-
-def atom_types(system: AlanineDipeptide) -> Tensor:
-    r"""One integer type per atom, :obj:`[22]`: atoms of a group of
-    :obj:`EXCHANGEABLE` share one, every other atom has its own."""
-    types: List[int] = []
-    group_type: Dict[Tuple[str, str], int] = {}
-    for atom in system.topology.atoms():
-        key = (atom.residue.name, atom.name)
-        group = next((names for residue, names in EXCHANGEABLE
-                      if residue == key[0] and key[1] in names), None)
-        if group is None:
-            types.append(len(set(types)))
-            continue
-        shared = (key[0], group[0])
-        if shared not in group_type:
-            group_type[shared] = len(set(types))
-        types.append(group_type[shared])
-    return torch.tensor(types)
-
 
 def load_splits(path: str, fractions: Tuple[float, float, float]
                 ) -> Dict[str, Tensor]:
@@ -114,181 +79,6 @@ def load_splits(path: str, fractions: Tuple[float, float, float]
 def graphs(positions_nm: Tensor) -> List[Data]:
     r"""Graphs with float32 positions in the flow's unit (Angstrom)."""
     return [Data(pos=(x * SCALE).float()) for x in positions_nm]
-
-
-# Model --------------------------------------------------------------------
-
-class TypedDynamics(torch.nn.Module):
-    r"""An :class:`EGNNDynamics` whose node inputs are fixed one-hot atom
-    types :math:`\mathbf{a}_i` (and :math:`t`), not flowed features:
-    :math:`d\mathbf{x}/dt = \mathrm{EGNN}([\mathbf{a}, t], \mathbf{x})`,
-    for graphs of :obj:`len(types)` nodes in a fixed order. Its feature
-    velocity has width 0."""
-    def __init__(self, types: Tensor, hidden_channels: int, num_layers: int,
-                 num_radial: int, radial_cutoff: float):
-        super().__init__()
-        self.register_buffer('one_hot', torch.nn.functional.one_hot(
-            types, int(types.max()) + 1).float())
-        self.egnn = EGNNDynamics(3, self.one_hot.size(1), hidden_channels,
-                                 num_layers, num_radial=num_radial,
-                                 radial_cutoff=radial_cutoff)
-
-    def reset_parameters(self):
-        self.egnn.reset_parameters()
-
-    def forward(self, t: Tensor, pos: Tensor, h: Tensor, edge_index: Tensor,
-                batch: Tensor) -> Tuple[Tensor, Tensor]:
-        num_graphs = pos.size(0) // self.one_hot.size(0)
-        features = self.one_hot.to(pos.dtype).repeat(num_graphs, 1)
-        dpos, _ = self.egnn(t, pos, features, edge_index, batch)
-        return dpos, pos.new_zeros(pos.size(0), 0)
-
-
-class AlanineFlow(ENFlow):
-    r"""An :class:`ENFlow` on the positions of alanine dipeptide (Angstrom)
-    with :class:`TypedDynamics`; its :meth:`flow_inputs` carry the atom
-    types, so that flow matching permutes only atoms of one type."""
-    def __init__(self, types: Tensor, hidden_channels: int = 64,
-                 num_layers: int = 4, num_radial: int = 0,
-                 radial_cutoff: float = 8.0):
-        super().__init__(3, dynamics=TypedDynamics(
-            types, hidden_channels, num_layers, num_radial, radial_cutoff))
-        self.register_buffer('types', types.clone())
-
-    def flow_inputs(self, data: Any) -> FlowInputs:
-        inputs = super().flow_inputs(data)
-        if inputs.pos.size(0) != inputs.num_graphs * self.types.numel():
-            raise ValueError(f'Every graph must have {self.types.numel()} '
-                             f'atoms in the topology order')
-        return inputs._replace(
-            node_type=self.types.repeat(inputs.num_graphs))
-
-
-# Chirality, free energies -------------------------------------------------
-
-def fix_chirality(pos: Tensor, system: AlanineDipeptide
-                  ) -> Tuple[Tensor, Tensor]:
-    r"""Reflects the configurations :obj:`[B, 22, 3]` with D chirality at
-    the alpha carbon (:math:`x \mapsto -x`) and keeps L ones. Returns the
-    configurations, all L, and the mask :obj:`[B]` of those reflected.
-
-    For a reflection-invariant flow density :math:`q`, the result has the
-    density :math:`2 q(\mathbf{x})` on L configurations, so the
-    log-weights :math:`-u - \log q` change by the constant :math:`-\ln 2`
-    only (:math:`u` is reflection invariant)."""
-    reflected = system.chirality(pos) < 0
-    return torch.where(reflected[:, None, None], mirror(pos), pos), reflected
-
-
-def basin_masks(phi_psi: Tensor) -> Tuple[Tensor, Tensor]:
-    r"""Masks :obj:`[B]` of the :math:`\alpha_R` and :math:`\beta` /
-    :math:`C_{7eq}` basins: :math:`\phi < 0` and :math:`-2.1 < \psi < 1`
-    rad, or :math:`\phi < 0` and the other :math:`\psi` (as in
-    :func:`alanine_dipeptide_md.basin_populations`)."""
-    phi, psi = phi_psi.unbind(-1)
-    alpha = (phi < 0) & (psi > -2.1) & (psi < 1.0)
-    return alpha, (phi < 0) & ~alpha
-
-
-def delta_f(phi_psi: Tensor, weights: Optional[Tensor] = None) -> float:
-    r"""The free-energy difference :math:`\Delta F = -\ln(p_{\alpha_R} /
-    p_\beta)` in :math:`k_B T`, from (weighted) frames; :math:`\pm\infty`
-    if a basin is empty."""
-    if weights is None:
-        weights = torch.ones(phi_psi.size(0), dtype=torch.float64)
-    alpha, beta = basin_masks(phi_psi)
-    p_alpha = float(weights[alpha].sum())
-    p_beta = float(weights[beta].sum())
-    if p_alpha == 0 or p_beta == 0:
-        return math.inf if p_alpha == 0 else -math.inf
-    return -math.log(p_alpha / p_beta)
-
-
-def bootstrap_delta_f(phi_psi: Tensor, log_weights: Optional[Tensor] = None,
-                      num_resamples: int = 200, block: int = 1,
-                      seed: int = 0) -> Tuple[float, float]:
-    r""":func:`delta_f` with self-normalised weights
-    :math:`w_k \propto e^{\log w_k}` and its bootstrap standard error over
-    :obj:`num_resamples` resamples of contiguous blocks of :obj:`block`
-    frames (1 for independent samples; longer for correlated MD
-    frames)."""
-    weights = None if log_weights is None else \
-        torch.softmax(log_weights.double(), 0)
-    value = delta_f(phi_psi, weights)
-    num_blocks = max(phi_psi.size(0) // block, 1)
-    generator = torch.Generator().manual_seed(seed)
-    estimates = []
-    for _ in range(num_resamples):
-        start = torch.randint(num_blocks, (num_blocks, ),
-                              generator=generator) * block
-        index = (start[:, None] + torch.arange(block)).flatten()
-        index = index[index < phi_psi.size(0)]
-        estimates.append(delta_f(phi_psi[index], None if weights is None
-                                 else weights[index]))
-    finite = torch.tensor([e for e in estimates if math.isfinite(e)])
-    stderr = float(finite.std()) if finite.numel() > 1 else math.nan
-    return value, stderr
-
-
-def free_energy_surface(phi_psi: Tensor, weights: Optional[Tensor] = None,
-                        bins: int = 60) -> np.ndarray:
-    r"""The Ramachandran free energy :math:`F = -\ln p(\phi, \psi)` in
-    :math:`k_B T` on a :obj:`bins` x :obj:`bins` grid over
-    :math:`[-\pi, \pi)^2`, shifted to a minimum of 0 (:math:`+\infty` in
-    empty bins)."""
-    counts, _, _ = np.histogram2d(
-        phi_psi[:, 0].numpy(), phi_psi[:, 1].numpy(), bins=bins,
-        range=[[-math.pi, math.pi]] * 2,
-        weights=None if weights is None else weights.numpy())
-    with np.errstate(divide='ignore'):
-        free = -np.log(counts / counts.sum())
-    return free - free[np.isfinite(free)].min()
-
-
-# Figures ------------------------------------------------------------------
-
-def plot_ramachandran(surfaces: Dict[str, np.ndarray], path: str) -> None:
-    r"""One panel per free-energy surface, :math:`\phi` horizontal."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(1, len(surfaces),
-                                figsize=(4.2 * len(surfaces), 3.8))
-    extent = [-math.pi, math.pi, -math.pi, math.pi]
-    for axis, (title, free) in zip(axes, surfaces.items()):
-        image = axis.imshow(np.ma.masked_invalid(free.T), origin='lower',
-                            extent=extent, cmap='viridis', vmin=0, vmax=10)
-        axis.set(title=title, xlabel=r'$\phi$ (rad)', ylabel=r'$\psi$ (rad)')
-    figure.colorbar(image, ax=list(axes), label=r'$F$ ($k_BT$)')
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format='png', dpi=120)
-    plt.close(figure)
-
-
-def plot_energies(md: Tensor, flow: Tensor, weights: Tensor,
-                  path: str) -> None:
-    r"""Histograms of the reduced energies of MD test frames and of finite
-    flow samples, raw and reweighted."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    finite = torch.isfinite(flow)
-    lo = float(md.min()) - 10
-    hi = float(torch.quantile(md, 0.999)) + 40
-    bins = np.linspace(lo, hi, 80)
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    axis.hist(md.numpy(), bins, density=True, alpha=0.5, label='MD (test)')
-    axis.hist(flow[finite].numpy(), bins, density=True, histtype='step',
-              label='flow, raw')
-    with np.errstate(invalid='ignore'):  # all weight outside the range
-        axis.hist(flow[finite].numpy(), bins, density=True,
-                  histtype='step', weights=weights[finite].numpy(),
-                  label='flow, reweighted')
-    axis.set(xlabel=r'$u = E / k_BT$', ylabel='density')
-    axis.legend()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format='png', dpi=120, bbox_inches='tight')
-    plt.close(figure)
 
 
 # Training and evaluation --------------------------------------------------
@@ -306,7 +96,7 @@ def validation_loss(valid: List[Data], batch_size: int
     return validate
 
 
-def train(flow: AlanineFlow, splits: Dict[str, Tensor],
+def train(flow: ConformerFlow, splits: Dict[str, Tensor],
           args: argparse.Namespace) -> Dict[str, Any]:
     r"""Flow matching under the wall-clock budget; returns the training
     summary."""
@@ -323,6 +113,13 @@ def train(flow: AlanineFlow, splits: Dict[str, Tensor],
                 resume=args.resume, run_config=run_config(args),
                 progress=False)
     flow.load_state_dict(torch.load(osp.join(args.run_dir, 'best.pt')))
+    sampler = SolverOptions('midpoint', num_steps=args.sample_steps) \
+        if args.sample_steps else DEFAULT_SOLVER
+    task = get_task('alanine-dipeptide')
+    save_model(flow, osp.join(args.run_dir, 'model.pt'), task.state(),
+               card=dict(name=task.name, description=task.description,
+                         training=run_config(args),
+                         sampler=sampler.to_dict()))
     return dict(steps=state.step, epochs=state.epoch,
                 wall_clock_s=round(state.wall_clock_s, 1),
                 best_epoch=state.best_epoch, best_valid_fm=state.best_valid,
@@ -330,7 +127,7 @@ def train(flow: AlanineFlow, splits: Dict[str, Tensor],
                 num_train=len(train_set))
 
 
-def test_nll(flow: AlanineFlow, test_nm: Tensor) -> Dict[str, float]:
+def test_nll(flow: ConformerFlow, test_nm: Tensor) -> Dict[str, float]:
     r"""The exact NLL (dopri5 at :math:`10^{-5}`, exact trace) of the test
     frames, in nats on the centred subspace, in Angstrom and in nm."""
     loader = DataLoader(graphs(test_nm), batch_size=100)
@@ -352,12 +149,12 @@ class FlowSamples(NamedTuple):
     seconds: float
 
 
-def draw(flow: AlanineFlow, system: AlanineDipeptide,
+def draw(flow: ConformerFlow, system: AlanineDipeptide,
          args: argparse.Namespace) -> FlowSamples:
     r"""Samples with their log-densities (nm convention), L chirality and
     reduced energies."""
     solver = SolverOptions('midpoint', num_steps=args.sample_steps) \
-        if args.sample_steps else None
+        if args.sample_steps else DEFAULT_SOLVER
     start = time.time()
     flow.eval()
     batch, log_q = flow.sample_with_log_prob(
@@ -365,7 +162,7 @@ def draw(flow: AlanineFlow, system: AlanineDipeptide,
         generator=torch.Generator().manual_seed(args.seed),
         trace=args.sample_trace, solver=solver)
     pos = batch.pos.view(-1, NUM_ATOMS, 3).double() / SCALE
-    pos, reflected = fix_chirality(pos, system)
+    pos, reflected = system.to_l_chirality(pos)
     seconds = time.time() - start
     with torch.no_grad():
         energy = system(pos)
@@ -373,7 +170,7 @@ def draw(flow: AlanineFlow, system: AlanineDipeptide,
                        seconds)
 
 
-def evaluate(flow: AlanineFlow, system: AlanineDipeptide,
+def evaluate(flow: ConformerFlow, system: AlanineDipeptide,
              splits: Dict[str, Tensor], args: argparse.Namespace
              ) -> Dict[str, Any]:
     r"""Test NLL, samples, importance weights, free energies and
@@ -384,7 +181,6 @@ def evaluate(flow: AlanineFlow, system: AlanineDipeptide,
     samples = draw(flow, system, args)
     log_w = torch.where(torch.isfinite(samples.energy),
                         -samples.energy - samples.log_q, -math.inf)
-    weights = torch.softmax(log_w, 0)
     md_angles = system.phi_psi(test_nm)
     flow_angles = system.phi_psi(samples.positions)
     md_block = max(len(test_nm) // 20, 1)
@@ -398,11 +194,12 @@ def evaluate(flow: AlanineFlow, system: AlanineDipeptide,
     plot_ramachandran({'MD (test)': free_energy_surface(md_angles),
                        'flow, raw': free_energy_surface(flow_angles),
                        'flow, reweighted': free_energy_surface(
-                           flow_angles, weights)}, figures)
+                           flow_angles, log_w)}, figures)
     with torch.no_grad():
         md_energy = system(test_nm)
-    plot_energies(md_energy, samples.energy, weights,
-                  osp.join(args.results, 'energies.png'))
+    plot_reweighted_energies(md_energy, samples.energy, log_w,
+                             osp.join(args.results, 'energies.png'),
+                             'alanine dipeptide')
     log_z, log_z_err = log_partition_function(log_w)
     return dict(
         test_nll=nll,
@@ -520,12 +317,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     splits = load_splits(args.data, (0.8, 0.1, 0.1))
     if args.max_train is not None:
         splits['train'] = splits['train'][:args.max_train]
-    flow = AlanineFlow(atom_types(system), args.hidden, args.layers,
-                       args.num_radial)
+    flow = ConformerFlow(system.exchangeable_types(), args.hidden,
+                         args.layers, num_radial=args.num_radial)
     training = train(flow, splits, args)
     print(f'trained: {training}', flush=True)
     results = dict(settings=dict(vars(args), unit='angstrom',
-                                 types=atom_types(system).tolist()),
+                                 types=system.exchangeable_types().tolist()),
                    machine=machine(), training=training)
     results.update(evaluate(flow, system, splits, args))
     results['wall_clock_s'] = round(time.time() - start, 1)

@@ -1,8 +1,9 @@
 r"""Pictures of 3D molecules and of sample statistics (needs
 :obj:`matplotlib`, imported lazily)."""
 import math
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch
@@ -134,6 +135,25 @@ def plot_reweighted_energies(energy_data: Tensor, energy_samples: Tensor,
     ax.set_title(title)
     ax.legend()
     _save(figure, path, dpi)
+
+
+def plot_ramachandran(surfaces: Dict[str, np.ndarray], path: str,
+                      vmax: float = 10.0, dpi: int = 120) -> None:
+    r"""One panel per Ramachandran free-energy surface (title to
+    :func:`~torch_enf.systems.free_energy.free_energy_surface`),
+    :math:`\phi` horizontal, in :math:`k_B T` up to :obj:`vmax`."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(surfaces), squeeze=False,
+                                figsize=(4.2 * len(surfaces), 3.8))
+    extent = [-math.pi, math.pi, -math.pi, math.pi]
+    for ax, (title, free) in zip(axes[0], surfaces.items()):
+        image = ax.imshow(np.ma.masked_invalid(free.T), origin='lower',
+                          extent=extent, cmap='viridis', vmin=0, vmax=vmax)
+        ax.set(title=title, xlabel=r'$\phi$ (rad)', ylabel=r'$\psi$ (rad)')
+    figure.colorbar(image, ax=list(axes[0]), label=r'$F$ ($k_BT$)')
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format='png', dpi=dpi)
+    plt.close(figure)
 
 
 def _pyplot():

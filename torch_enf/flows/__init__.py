@@ -14,6 +14,7 @@ from .dequantization import (DEQUANTIZERS, ArgmaxDequantizer, Dequantizer,
                              VariationalDequantizer, register_dequantizer)
 from .actnorm import ActNorm
 from .molecule import MoleculeFlow, MoleculeFlowConfig
+from .conformer import AtomTypeDynamics, ConformerFlow, ConformerFlowConfig
 from .models import FLOW_MODELS, model_config, model_from_config
 
 __all__ = [
@@ -46,6 +47,9 @@ __all__ = [
     'ActNorm',
     'MoleculeFlow',
     'MoleculeFlowConfig',
+    'ConformerFlow',
+    'ConformerFlowConfig',
+    'AtomTypeDynamics',
     'FLOW_MODELS',
     'model_config',
     'model_from_config',

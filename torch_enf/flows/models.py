@@ -12,18 +12,21 @@ from typing import Any, Dict
 
 import torch
 
+from torch_enf.flows.conformer import ConformerFlow
 from torch_enf.flows.enflow import ENFlow
 from torch_enf.flows.molecule import MoleculeFlow
 from torch_enf.utils import Registry
 
 FLOW_MODELS = Registry(torch.nn.Module, 'flow model')
-r"""The model classes by name: :obj:`"enflow"` (:class:`ENFlow`) and
-:obj:`"molecule-flow"` (:class:`MoleculeFlow`). Every entry has a
+r"""The model classes by name: :obj:`"enflow"` (:class:`ENFlow`),
+:obj:`"molecule-flow"` (:class:`MoleculeFlow`) and :obj:`"conformer-flow"`
+(:class:`ConformerFlow`). Every entry has a
 :obj:`config_class`, a :meth:`config` method and a :meth:`from_config`
 class method."""
 
 FLOW_MODELS.register('enflow')(ENFlow)
 FLOW_MODELS.register('molecule-flow')(MoleculeFlow)
+FLOW_MODELS.register('conformer-flow')(ConformerFlow)
 
 
 def model_config(model: torch.nn.Module) -> Dict[str, Any]:

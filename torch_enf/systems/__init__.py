@@ -8,6 +8,8 @@ from .energies import (DoubleWellEnergy, HarmonicEnergy, LennardJonesEnergy,
 from .md import (Trajectory, load_trajectory, save_trajectory,
                  simulate_alanine_dipeptide, split_trajectory)
 from .molecular import AlanineDipeptide, OpenMMEnergy
+from .free_energy import (basin_masks, bootstrap_delta_f, delta_f,
+                          free_energy_surface)
 from .sampling import MALASampler, remove_mean
 
 __all__ = [
@@ -24,4 +26,8 @@ __all__ = [
     'save_trajectory',
     'load_trajectory',
     'split_trajectory',
+    'basin_masks',
+    'delta_f',
+    'bootstrap_delta_f',
+    'free_energy_surface',
 ]

@@ -21,13 +21,15 @@ alanine-dipeptide data sets, so that these can be evaluated as they are;
 multiply by 10 for the Angstrom of :mod:`torch_enf.io`); energies reduced,
 :math:`u = E / k_B T` with :math:`k_B = 0.0083144626` kJ/mol/K
 (:math:`k_B T = 2.494` kJ/mol at 300 K); forces in :math:`k_B T` per nm.
-Energies and forces are float64.
+Energies and forces are float64. A flow that works in Angstrom evaluates
+its samples with :obj:`length_unit="angstrom"` (positions, forces and
+:attr:`AlanineDipeptide.reference_positions` in Angstrom).
 
 OpenMM is imported only when a system is built:
 :obj:`pip install torch-enf[md]` installs it.
 """
 import math
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -52,6 +54,14 @@ r"""The elements of alanine dipeptide, in the order of the one-hot atom
 types (:attr:`OpenMMEnergy.atom_types`)."""
 
 PLATFORMS = ('Reference', 'CPU')
+
+NM_PER_UNIT = {'nm': 1.0, 'angstrom': 0.1}
+r"""The length units of the positions, in nanometres."""
+
+EXCHANGEABLE = (('ACE', ('H1', 'H2', 'H3')), ('ALA', ('HB1', 'HB2', 'HB3')),
+                ('NME', ('H1', 'H2', 'H3')))
+r"""The groups of atoms of alanine dipeptide (residue, names) that the
+force field treats alike: the hydrogens of the three methyl groups."""
 
 
 def require_openmm() -> Any:
@@ -213,9 +223,9 @@ class OpenMMEnergy(ParticleEnergy):
     r"""The reduced potential energy :math:`u(\mathbf{x}) = E(\mathbf{x}) /
     k_B T` of an OpenMM system, for batches of configurations of shape
     :obj:`[num_samples, num_atoms, 3]` (or :obj:`[num_samples,
-    num_atoms * 3]`) in nm; float64, differentiable (the gradient is the
-    negative OpenMM force :math:`-\mathbf{F} / k_B T`, in
-    :math:`k_B T`/nm).
+    num_atoms * 3]`) in nm (or Angstrom, see :obj:`length_unit`); float64,
+    differentiable (the gradient is the negative OpenMM force
+    :math:`-\mathbf{F} / k_B T`, in :math:`k_B T` per length unit).
 
     A configuration with a non-finite coordinate, two atoms closer than
     :obj:`min_distance`, or an energy or force OpenMM cannot compute gets
@@ -234,10 +244,14 @@ class OpenMMEnergy(ParticleEnergy):
             (default: :obj:`1`)
         min_distance (float, optional): The closest two atoms may come, in
             nm. (default: :obj:`0.01`)
+        length_unit (str, optional): The unit of the positions,
+            :obj:`"nm"` or :obj:`"angstrom"` (the unit of a flow trained in
+            Angstrom). (default: :obj:`"nm"`)
     """
     def __init__(self, system: Any, topology: Any,
                  temperature: float = 300.0, platform: str = 'Reference',
-                 threads: int = 1, min_distance: float = 0.01):
+                 threads: int = 1, min_distance: float = 0.01,
+                 length_unit: str = 'nm'):
         openmm = require_openmm()
         super().__init__(system.getNumParticles(), 3)
         check_positive_integer(threads, 'threads')
@@ -245,6 +259,12 @@ class OpenMMEnergy(ParticleEnergy):
         if platform not in PLATFORMS:
             raise ValueError(f"Unknown platform {platform!r} (expected one "
                              f"of {PLATFORMS})")
+        if length_unit not in NM_PER_UNIT:
+            raise ValueError(f"Unknown length_unit {length_unit!r} "
+                             f"(expected one of {sorted(NM_PER_UNIT)})")
+        self.length_unit = length_unit
+        #: Nanometres per length unit of the positions.
+        self.nm_per_unit = NM_PER_UNIT[length_unit]
         self.temperature, self.kT = temperature, kT(temperature)
         self.platform, self.min_distance = platform, min_distance
         self.system, self.topology = system, topology
@@ -276,8 +296,8 @@ class OpenMMEnergy(ParticleEnergy):
                 if tuple(pos.shape) == (M, 3) else ''
             raise ValueError(
                 f"Positions of {self.__class__.__name__} must have shape "
-                f"[num_samples, {M}, 3] or [num_samples, {M * 3}], in nm "
-                f"(got {tuple(pos.shape)}){single}")
+                f"[num_samples, {M}, 3] or [num_samples, {M * 3}], in "
+                f"{self.length_unit} (got {tuple(pos.shape)}){single}")
         return pos
 
     def _openmm(self, pos: np.ndarray) -> Tuple[float, np.ndarray]:
@@ -307,10 +327,11 @@ class OpenMMEnergy(ParticleEnergy):
     def energy_and_forces(self, pos: Tensor) -> Tuple[Tensor, Tensor]:
         r"""The reduced energies :math:`u = E / k_B T`, float64 :obj:`[B]`,
         and forces :math:`\mathbf{F} / k_B T = -\nabla u` (per nm), float64
-        :obj:`[B, num_atoms, 3]`, of the configurations :obj:`pos` (nm),
-        on the device of :obj:`pos`; not differentiable (see
-        :meth:`forward`)."""
-        x = self.positions(pos).detach().to('cpu', torch.float64)
+        :obj:`[B, num_atoms, 3]` (per length unit), of the configurations
+        :obj:`pos` (in the length unit), on the device of :obj:`pos`; not
+        differentiable (see :meth:`forward`)."""
+        x = self.positions(pos).detach().to('cpu', torch.float64) * \
+            self.nm_per_unit
         energy = torch.full((x.size(0), ), math.inf, dtype=torch.float64)
         forces = torch.zeros_like(x)
         for b in self.computable(x).nonzero().flatten().tolist():
@@ -320,6 +341,7 @@ class OpenMMEnergy(ParticleEnergy):
         energy[bad], forces[bad] = math.inf, 0.0
         self.num_evaluated += x.size(0)
         self.num_infinite += int(bad.sum())
+        forces = forces * self.nm_per_unit
         return energy.to(pos.device), forces.to(pos.device)
 
     def energy(self, pos: Tensor) -> Tensor:
@@ -327,29 +349,32 @@ class OpenMMEnergy(ParticleEnergy):
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, temperature={self.temperature}, '
-                f'platform={self.platform!r}')
+                f'platform={self.platform!r}, '
+                f'length_unit={self.length_unit!r})')
 
 
 class AlanineDipeptide(OpenMMEnergy):
     r"""Alanine dipeptide (22 atoms) in OBC implicit solvent without
     constraints (:func:`alanine_dipeptide_system`): the reduced energy
     :math:`u = E / k_B T` of configurations :obj:`[B, 22, 3]` in nm (see
-    :class:`OpenMMEnergy`), its backbone dihedrals and the chirality of its
-    alpha carbon.
+    :class:`OpenMMEnergy`), its backbone dihedrals, the chirality of its
+    alpha carbon and the types of its exchangeable atoms.
 
     Args:
         force_field (str, optional): :obj:`"amber99sbildn"` or
             :obj:`"amber96"`. (default: :obj:`"amber99sbildn"`)
         **kwargs: :obj:`temperature` (default 300 K), :obj:`platform`,
-            :obj:`threads` and :obj:`min_distance` of
+            :obj:`threads`, :obj:`min_distance` and :obj:`length_unit` of
             :class:`OpenMMEnergy`.
     """
     def __init__(self, force_field: str = 'amber99sbildn', **kwargs):
         system, topology, positions = alanine_dipeptide_system(force_field)
         super().__init__(system, topology, **kwargs)
         self.force_field = force_field
-        #: The test system's coordinates :obj:`[22, 3]` (nm, float64).
-        self.reference_positions = torch.from_numpy(positions)
+        #: The test system's coordinates :obj:`[22, 3]` (float64, in the
+        #: length unit).
+        self.reference_positions = torch.from_numpy(positions) / \
+            self.nm_per_unit
         phi, psi = backbone_dihedral_indices(topology)
         #: The atoms of :math:`\phi` and :math:`\psi`, :obj:`[2, 4]`.
         self.dihedral_indices = torch.cat([phi, psi])
@@ -375,6 +400,43 @@ class AlanineDipeptide(OpenMMEnergy):
         for L-alanine, :obj:`-1` for D, shape :obj:`[B]`."""
         volume = signed_volume(self.positions(pos), self.chirality_indices)
         return torch.sign(volume[:, 0])
+
+    def to_l_chirality(self, pos: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""Reflects the configurations :obj:`[B, 22, 3]` with D chirality
+        at the alpha carbon (:func:`mirror`) and keeps the L ones. Returns
+        the configurations, all L, and the mask :obj:`[B]` of those
+        reflected.
+
+        An E(3)-equivariant flow has a reflection-invariant density
+        :math:`q`, half of whose mass lies on D configurations, which MD
+        at 300 K never visits. Its samples made L this way have the density
+        :math:`q_L(\mathbf{x}) = q(\mathbf{x}) + q(R\mathbf{x}) = 2
+        q(\mathbf{x})` on L configurations, and :math:`u` is reflection
+        invariant, so their importance log-weights are :math:`-u - \log q
+        - \ln 2`: a constant offset, which self-normalised weights
+        cancel."""
+        reflected = self.chirality(pos) < 0
+        return (torch.where(reflected[:, None, None], mirror(pos), pos),
+                reflected)
+
+    def exchangeable_types(self) -> Tensor:
+        r"""One integer type per atom, :obj:`[22]`: the atoms of a group of
+        :obj:`EXCHANGEABLE` (the three hydrogens of each methyl group,
+        which the force field treats alike) share one, every other atom
+        has its own (16 types)."""
+        types: List[int] = []
+        group_type: Dict[Tuple[str, str], int] = {}
+        for atom in self.topology.atoms():
+            residue, name = atom.residue.name, atom.name
+            group = next((names for r, names in EXCHANGEABLE
+                          if r == residue and name in names), None)
+            if group is None:
+                types.append(len(set(types)))
+                continue
+            if (residue, group[0]) not in group_type:
+                group_type[residue, group[0]] = len(set(types))
+            types.append(group_type[residue, group[0]])
+        return torch.tensor(types)
 
     def extra_repr(self) -> str:
         return f'force_field={self.force_field!r}, {super().extra_repr()}'

@@ -12,14 +12,15 @@ instead of branching on the kind of model.
     model = task.build_model(ModelOptions(num_layers=4), splits)
 
 Built-in tasks: :obj:`dw4`, :obj:`lj13`, :obj:`lj13-halved`, :obj:`lj55`,
-:obj:`qm9-positional`, :obj:`qm9`; and :obj:`molecules` and :obj:`points`
-for the user's own data.
+:obj:`qm9-positional`, :obj:`qm9`, :obj:`alanine-dipeptide` (needs
+OpenMM); and :obj:`molecules` and :obj:`points` for the user's own data.
 """
 from .base import (TASKS, DataConfig, EvaluationConfig, ModelOptions,
                    RunConfig, Splits, Structures, Task, get_task,
                    register_task, start_from, task_from_state, train)
 from .particles import PointCloudTask, PointsTask, SystemTask
 from .molecules import MoleculeTask, MoleculesTask, QM9PositionalTask, QM9Task
+from .alanine import AlanineDipeptideTask, ConformationDataset
 
 __all__ = [
     'Task',
@@ -42,4 +43,6 @@ __all__ = [
     'QM9Task',
     'QM9PositionalTask',
     'MoleculesTask',
+    'AlanineDipeptideTask',
+    'ConformationDataset',
 ]

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch, Data, Dataset
 
-from torch_enf.boltzmann import (entropy_bracket, importance_weights,
-                                 log_partition_function)
+from torch_enf.boltzmann import (ImportanceSamples, entropy_bracket,
+                                 importance_weights, log_partition_function)
 from torch_enf.datasets import (PARTICLE_SYSTEMS, ParticleSystem,
                                 PointCloudDataset)
 from torch_enf.flows import ENFlow
@@ -215,13 +215,20 @@ class PointCloudTask(Task):
         plot_reweighted_energies(test_energy, draw.energy, draw.log_weights,
                                  osp.join(out, 'reweighted_energies.png'),
                                  self.name)
-        return dict(boltzmann_samples=evaluation.boltzmann_samples,
+        return dict(self.reweighted_metrics(draw, test, out),
+                    boltzmann_samples=evaluation.boltzmann_samples,
                     ess=bracket.ess, log_z=log_z, log_z_stderr=log_z_stderr,
                     entropy=bracket.entropy, entropy_stderr=bracket.stderr,
                     entropy_lower=bracket.lower,
                     entropy_upper=bracket.upper,
                     nll_minus_entropy=bracket.kl,
                     num_infinite_energy=draw.num_infinite_energy)
+
+    def reweighted_metrics(self, draw: ImportanceSamples, test: Dataset,
+                           out: str) -> Dict[str, Any]:
+        r"""Further metrics of a task from the importance-weighted samples
+        :obj:`draw` (none here); pictures go to :obj:`out`."""
+        return {}
 
     def _array(self, graphs) -> torch.Tensor:
         size, n_dims = self.shape()
