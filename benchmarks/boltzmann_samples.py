@@ -1,4 +1,5 @@
-r"""Importance sampling of a trained particle flow in resumable chunks.
+r"""Importance sampling of a trained flow with a known energy (the particle
+systems, alanine dipeptide) in resumable chunks.
 
 Draws ``--num`` flow samples with exact :math:`\log q` (chunks of
 ``--chunk``, each with its own seed, saved as ``OUT/chunk-K.pt`` as soon as
@@ -7,18 +8,24 @@ may share the work with ``--part I --parts P``, or one join a running
 one from the other end with ``--reverse``), then reports from all the
 chunks found the effective sample size, :math:`\log Z` and the entropy
 floor :math:`H(p)` of the test data with its bracket
-(:mod:`torch_enf.boltzmann`)::
+(:mod:`torch_enf.boltzmann`), and the task's own metrics of reweighted
+samples (alanine dipeptide: the reweighted basin free energy and the
+Ramachandran surfaces, ``--pictures``). The energy and the test data are
+the model's task's::
 
-    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 --system lj13 \
+    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 \
         --num 10000 --out runs/lj13-fm-10000-is --part 0 --parts 2 &
-    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 --system lj13 \
+    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 \
         --num 10000 --out runs/lj13-fm-10000-is --part 1 --parts 2
-    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 --system lj13 \
+    python benchmarks/boltzmann_samples.py runs/lj13-fm-10000 \
         --num 10000 --out runs/lj13-fm-10000-is --summary \
         --test-nll 18.59 --json lj13_is.json
 
 ``--test-nll`` (the model's test NLL, e.g. from its ``results.json``) is
-the upper end of the bracket.
+the upper end of the bracket. ``--data`` gives the data of tasks that read
+a file (the MD trajectory of ``alanine-dipeptide``); ``--solver midpoint
+--num-steps K`` draws with a fixed-step solver instead of dopri5 at
+``--tol`` (its error enters :math:`\log q` and so the weights).
 """
 import argparse
 import json
@@ -29,21 +36,28 @@ import time
 
 import torch
 
-from torch_enf.boltzmann import (entropy_bracket, importance_weights,
-                                 log_partition_function)
-from torch_enf.datasets import PARTICLE_SYSTEMS as SYSTEMS
-from torch_enf.flows import SolverOptions
-from torch_enf.pretrained import load_pretrained
+from torch_enf.boltzmann import (ImportanceSamples, entropy_bracket,
+                                 importance_weights, log_partition_function)
+from torch_enf.flows import FIXED_STEP_SOLVERS, SolverOptions
+from torch_enf.pretrained import load_model
 from torch_enf.storage import atomic_save
+from torch_enf.tasks import DataConfig
+from torch_enf.utils import json_safe
 
 
 def chunk_path(out: str, index: int) -> str:
     return osp.join(out, f'chunk-{index}.pt')
 
 
+def sampler(args: argparse.Namespace) -> SolverOptions:
+    if args.solver is None:
+        return SolverOptions(rtol=args.tol, atol=args.tol)
+    return SolverOptions(args.solver, num_steps=args.num_steps)
+
+
 def draw_chunks(args: argparse.Namespace) -> None:
-    system = SYSTEMS[args.system]
-    flow = load_pretrained(args.model)
+    loaded = load_model(args.model)
+    energy = loaded.task.energy
     num_chunks = math.ceil(args.num / args.chunk)
     indices = range(args.part, num_chunks, args.parts)
     for index in reversed(indices) if args.reverse else indices:
@@ -53,17 +67,18 @@ def draw_chunks(args: argparse.Namespace) -> None:
         size = min(args.chunk, args.num - index * args.chunk)
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(args.seed + index)
-        draw = importance_weights(
-            flow, system.energy, size, generator=generator,
-            solver=SolverOptions(rtol=args.tol, atol=args.tol))
+        draw = importance_weights(loaded.model, energy, size,
+                                  generator=generator, solver=sampler(args))
         atomic_save(dict(log_q=draw.log_q, energy=draw.energy,
+                         positions=draw.positions,
                          seconds=time.perf_counter() - start), path)
         print(f'chunk {index}: {size} samples in '
               f'{time.perf_counter() - start:.0f} s', flush=True)
 
 
 def summary(args: argparse.Namespace) -> dict:
-    system = SYSTEMS[args.system]
+    loaded = load_model(args.model)
+    task = loaded.task
     chunks = [torch.load(chunk_path(args.out, index), weights_only=True)
               for index in range(math.ceil(args.num / args.chunk))
               if osp.exists(chunk_path(args.out, index))]
@@ -73,14 +88,14 @@ def summary(args: argparse.Namespace) -> dict:
     energy = torch.cat([c['energy'] for c in chunks]).double()
     log_weights = -energy - log_q
     log_z, log_z_stderr = log_partition_function(log_weights)
-    test = system(osp.join(args.root, args.system), 'test')
-    test_energy = system.energy(
-        torch.stack([d.pos for d in test]).double())
+    test = task.datasets(DataConfig(root=args.root, files=args.data),
+                         progress=False).test
+    test_energy = task.energy(task.stack_positions(test).double())
     mean_log_q_test = torch.tensor(-args.test_nll, dtype=torch.float64)
     bracket = entropy_bracket(test_energy, mean_log_q_test, log_weights)
     results = dict(
-        model=args.model, system=args.system, num_samples=log_q.numel(),
-        tol=args.tol, ess=bracket.ess, log_z=log_z,
+        model=args.model, task=task.name, num_samples=log_q.numel(),
+        sampler=sampler(args).to_dict(), ess=bracket.ess, log_z=log_z,
         log_z_stderr=log_z_stderr,
         mean_energy_test=float(test_energy.mean()),
         num_test=test_energy.numel(), entropy=bracket.entropy,
@@ -88,6 +103,13 @@ def summary(args: argparse.Namespace) -> dict:
         num_infinite_energy=int(torch.isinf(energy).sum()),
         core_seconds=sum(c['seconds'] for c in chunks),
         entropy_upper=bracket.upper, nll_minus_entropy=bracket.kl)
+    if all('positions' in c for c in chunks):
+        positions = torch.cat([c['positions'] for c in chunks])
+        draw = ImportanceSamples(None, positions, log_q, energy,
+                                 log_weights, results['num_infinite_energy'])
+        os.makedirs(args.pictures, exist_ok=True)
+        results.update(task.reweighted_metrics(draw, test, args.pictures))
+    results = json_safe(results)
     print(json.dumps(results, indent=2))
     if args.json:
         atomic_save(results, args.json)
@@ -97,10 +119,13 @@ def summary(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('model', help='run folder, checkpoint or model name')
-    parser.add_argument('--system', choices=sorted(SYSTEMS), required=True)
     parser.add_argument('--num', type=int, default=10000)
     parser.add_argument('--chunk', type=int, default=500)
     parser.add_argument('--tol', type=float, default=1e-4)
+    parser.add_argument('--solver', choices=FIXED_STEP_SOLVERS,
+                        default=None, help='a fixed-step sampler instead '
+                        'of dopri5 at --tol')
+    parser.add_argument('--num-steps', type=int, default=None)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--part', type=int, default=0)
     parser.add_argument('--parts', type=int, default=1)
@@ -109,7 +134,11 @@ def main() -> None:
                         'that joins a running one)')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--root', default='data')
+    parser.add_argument('--data', default=None,
+                        help="the task's data file, where it reads one")
     parser.add_argument('--out', required=True)
+    parser.add_argument('--pictures', default=None,
+                        help='folder of the pictures (default: --out)')
     parser.add_argument('--summary', action='store_true',
                         help='only report on the chunks found')
     parser.add_argument('--test-nll', type=float, required=True,
@@ -120,6 +149,10 @@ def main() -> None:
     if args.num < 1 or args.chunk < 1 or not 0 <= args.part < args.parts:
         parser.error('--num and --chunk must be positive and 0 <= --part < '
                      '--parts')
+    if (args.solver is None) != (args.num_steps is None) or \
+            (args.num_steps is not None and args.num_steps < 1):
+        parser.error('--solver and a positive --num-steps go together')
+    args.pictures = args.pictures or args.out
     torch.set_num_threads(args.threads)
     if not args.summary:
         os.makedirs(args.out, exist_ok=True)

@@ -215,4 +215,4 @@ class AlanineDipeptideTask(PointCloudTask):
     def dihedrals(self, graphs) -> Tensor:
         r"""The backbone dihedrals :obj:`[S, 2]` of conformations (a batch
         or a dataset)."""
-        return self.energy.phi_psi(self._array(graphs).double())
+        return self.energy.phi_psi(self.stack_positions(graphs).double())

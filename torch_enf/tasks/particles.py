@@ -133,9 +133,9 @@ class PointCloudTask(Task):
                        ) -> Dict[str, Any]:
         if reference is None:
             return dict(num_samples=samples.num_graphs)
-        comparison = compare_samples(self._array(samples),
-                                     self._array(reference), self.energy,
-                                     self.distance_range)
+        comparison = compare_samples(
+            self.stack_positions(samples), self.stack_positions(reference),
+            self.energy, self.distance_range)
         return dict(comparison.metrics(), num_samples=samples.num_graphs,
                     num_reference=len(reference))
 
@@ -147,7 +147,7 @@ class PointCloudTask(Task):
         histograms, against :obj:`reference` data where given (the
         samples alone otherwise)."""
         self.check_suffix(path, self.sample_suffixes, 'writes')
-        positions = self._array(samples)
+        positions = self.stack_positions(samples)
         with atomic_path(path) as tmp, open(tmp, 'wb') as f:
             if path.endswith('.npy'):
                 np.save(f, positions.numpy())
@@ -155,7 +155,7 @@ class PointCloudTask(Task):
                 torch.save(positions, f)
         if picture:
             from torch_enf.visualization import plot_sample_comparison
-            data = self._array(reference) if reference is not None \
+            data = self.stack_positions(reference) if reference is not None \
                 else None
             comparison = compare_samples(
                 positions, data if data is not None else positions,
@@ -208,7 +208,7 @@ class PointCloudTask(Task):
                                   batch_size=self.sample_batch_size(),
                                   progress=progress, trace=trace,
                                   solver=evaluation.solver)
-        test_energy = self.energy(self._array(test).double())
+        test_energy = self.energy(self.stack_positions(test).double())
         bracket = entropy_bracket(test_energy, -test_nll_values,
                                   draw.log_weights)
         log_z, log_z_stderr = log_partition_function(draw.log_weights)
@@ -230,7 +230,9 @@ class PointCloudTask(Task):
         :obj:`draw` (none here); pictures go to :obj:`out`."""
         return {}
 
-    def _array(self, graphs) -> torch.Tensor:
+    def stack_positions(self, graphs) -> torch.Tensor:
+        r"""The positions :obj:`[S, M, n]` of a batch or a dataset of
+        configurations."""
         size, n_dims = self.shape()
         if isinstance(graphs, Batch):
             return graphs.pos.view(-1, size, n_dims)
