@@ -46,7 +46,7 @@ from torch_enf.systems import (AlanineDipeptide, bootstrap_delta_f,
                                free_energy_surface, load_trajectory,
                                split_trajectory)
 from torch_enf.storage import save_model
-from torch_enf.tasks import get_task
+from torch_enf.tasks import DataConfig, ModelOptions, RunConfig, get_task
 from torch_enf.training import FitConfig, fit
 from torch_enf.utils import json_safe
 from torch_enf.visualization import (plot_ramachandran,
@@ -116,9 +116,14 @@ def train(flow: ConformerFlow, splits: Dict[str, Tensor],
     sampler = SolverOptions('midpoint', num_steps=args.sample_steps) \
         if args.sample_steps else DEFAULT_SOLVER
     task = get_task('alanine-dipeptide')
+    training = RunConfig(
+        task=task.name, data=DataConfig(files=args.data),
+        model=model_options(args), fit=config,
+        objective=FlowMatching().config(), batch_size=args.batch_size,
+        seed=args.seed)
     save_model(flow, osp.join(args.run_dir, 'model.pt'), task.state(),
                card=dict(name=task.name, description=task.description,
-                         training=run_config(args),
+                         training=training.to_dict(),
                          sampler=sampler.to_dict()))
     return dict(steps=state.step, epochs=state.epoch,
                 wall_clock_s=round(state.wall_clock_s, 1),
@@ -226,6 +231,12 @@ def evaluate(flow: ConformerFlow, system: AlanineDipeptide,
 
 # Command line -------------------------------------------------------------
 
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    r"""The model of the :obj:`alanine-dipeptide` task of these flags."""
+    return ModelOptions(hidden_channels=args.hidden, num_layers=args.layers,
+                        num_radial=args.num_radial)
+
+
 def run_config(args: argparse.Namespace) -> Dict[str, Any]:
     r"""What defines a training run (compared on :obj:`--resume`)."""
     return dict(data=osp.abspath(args.data), unit='angstrom',
@@ -317,8 +328,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     splits = load_splits(args.data, (0.8, 0.1, 0.1))
     if args.max_train is not None:
         splits['train'] = splits['train'][:args.max_train]
-    flow = ConformerFlow(system.exchangeable_types(), args.hidden,
-                         args.layers, num_radial=args.num_radial)
+    flow = get_task('alanine-dipeptide').build_model(model_options(args),
+                                                     splits=None)
     training = train(flow, splits, args)
     print(f'trained: {training}', flush=True)
     results = dict(settings=dict(vars(args), unit='angstrom',
