@@ -127,6 +127,11 @@ def test_task_data_in_angstrom_and_bad_files(trajectory, tmp_path):
     save_trajectory(wrong, md._replace(positions=md.positions[:, :20]))
     with pytest.raises(ValueError, match=r'shape \[S, 22, 3\]'):
         task.datasets(DataConfig(files=wrong), progress=False)
+    in_angstrom = str(tmp_path / 'angstrom.npz')
+    save_trajectory(in_angstrom, md._replace(
+        settings=dict(md.settings, length_unit='angstrom')))
+    with pytest.raises(ValueError, match="in 'angstrom'"):
+        task.datasets(DataConfig(files=in_angstrom), progress=False)
     not_npz = tmp_path / 'text.npz'
     not_npz.write_text('no archive')
     with pytest.raises(ValueError, match='not a trajectory'):
@@ -163,6 +168,20 @@ def test_task_trains_samples_l_and_reweights(trajectory, tmp_path):
     assert bool((task.energy.chirality(pos) > 0).all())
     samples_file = np.load(osp.join(out, 'samples.npy'))
     assert samples_file.shape == (12, 22, 3)
+
+
+def test_scoring_refuses_nm(trajectory, tmp_path):
+    task = get_task('alanine-dipeptide')
+    frames = load_trajectory(trajectory).positions[:3]
+    model = task.build_model(ModelOptions(hidden_channels=8, num_layers=1),
+                             None)
+    good = str(tmp_path / 'angstrom.npy')
+    np.save(good, 10 * frames)
+    assert len(task.read_structures(good, model).graphs) == 3
+    bad = str(tmp_path / 'nm.npy')
+    np.save(bad, frames)
+    with pytest.raises(ValueError, match='look like nm'):
+        task.read_structures(bad, model)
 
 
 def results_history(out):

@@ -18,6 +18,7 @@ Chirality: an E(3)-equivariant flow puts half of its mass on D-alanine;
 :meth:`AlanineDipeptideTask.sample` reflects D samples to L
 (:meth:`~torch_enf.systems.AlanineDipeptide.to_l_chirality`), which
 changes every importance log-weight by the same :math:`-\ln 2`."""
+import math
 import os.path as osp
 from typing import Any, Dict, Optional, Tuple
 
@@ -31,8 +32,8 @@ from torch_enf.systems import (AlanineDipeptide, Trajectory, load_trajectory,
                                simulate_alanine_dipeptide, split_trajectory)
 from torch_enf.systems.free_energy import (bootstrap_delta_f,
                                            free_energy_surface)
-from torch_enf.tasks.base import DataConfig, ModelOptions, Splits, subset
-from torch_enf.tasks.base import register_task
+from torch_enf.tasks.base import (DataConfig, ModelOptions, Splits,
+                                  Structures, register_task, subset)
 from torch_enf.tasks.particles import PointCloudTask
 
 ANGSTROM_PER_NM = 10.0
@@ -45,6 +46,10 @@ minutes on one core)."""
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 r"""Consecutive training, validation and test blocks of the trajectory."""
+
+MIN_BOND = 0.5
+r"""Conformations to score whose closest atoms lie nearer than this (in
+Angstrom; C-H bonds are 1.09) are taken to be in nm and refused."""
 
 MD_BLOCKS = 20
 r"""Blocks of the block bootstrap of MD free energies (correlated
@@ -148,6 +153,11 @@ class AlanineDipeptideTask(PointCloudTask):
         if len(shape) != 3 or shape[1:] != (NUM_ATOMS, 3):
             raise ValueError(f'{path}: expected positions of shape [S, '
                              f'{NUM_ATOMS}, 3] in nm (got {list(shape)})')
+        unit = trajectory.settings.get('length_unit')
+        if unit != 'nm':
+            raise ValueError(f'{path}: positions in {unit!r}; the '
+                             f'trajectories of simulate_alanine_dipeptide '
+                             f'are in nm')
         force_field = trajectory.settings.get('force_field')
         if force_field != self.energy.force_field:
             raise ValueError(f'{path}: simulated with the force field '
@@ -162,6 +172,26 @@ class AlanineDipeptideTask(PointCloudTask):
                              num_radial=options.num_radial,
                              radial_cutoff=options.radial_cutoff,
                              adjoint=options.adjoint)
+
+    def read_structures(self, path: str, model: torch.nn.Module
+                        ) -> Structures:
+        r"""Conformations :obj:`[S, 22, 3]` in Angstrom from a :obj:`.npy`
+        file (see :meth:`PointCloudTask.read_structures`); a file whose
+        closest atoms lie nearer than :obj:`MIN_BOND` is refused as being in
+        nm."""
+        structures = super().read_structures(path, model)
+        if structures.graphs:
+            pos = torch.stack([g.pos for g in structures.graphs]).double()
+            distances = torch.cdist(pos, pos)
+            distances.diagonal(dim1=1, dim2=2).fill_(math.inf)
+            closest = float(distances.amin(dim=(1, 2)).median())
+            if closest < MIN_BOND:
+                raise ValueError(f'{path}: the closest atoms lie '
+                                 f'{closest:.3g} apart (median over the '
+                                 f'conformations); the flow reads '
+                                 f'Angstrom, these look like nm (multiply '
+                                 f'by 10)')
+        return structures
 
     def sample(self, model: torch.nn.Module, num_samples: int,
                **kwargs: Any) -> Batch:
