@@ -13,6 +13,10 @@ otherwise idle machine::
         --json docs/source/_static/results/sampling_qm9.json
     python benchmarks/bench_sampling.py qm9 --num 1000 --settings \
         midpoint:25 --temperatures 1 0.9 0.8 0.7 --throughput-num 0
+
+A third field of a fixed-step setting is the step exponent of
+:class:`~torch_enf.flows.SolverOptions` (``midpoint:25:2``: steps that
+shrink toward the data).
 """
 import argparse
 import json
@@ -31,10 +35,15 @@ SETTINGS = ['euler:20', 'euler:50', 'midpoint:10', 'midpoint:25',
 
 
 def solver_of(setting: str) -> SolverOptions:
-    method, value = setting.split(':')
+    r"""The solver of a setting: :obj:`"dopri5:TOL"`, or
+    :obj:`"METHOD:STEPS"` with an optional step exponent
+    (:obj:`"midpoint:25:2"`, see :class:`SolverOptions`)."""
+    method, value, *exponent = setting.split(':')
     if method == 'dopri5':
         return SolverOptions(method, rtol=float(value), atol=float(value))
-    return SolverOptions(method, num_steps=int(value))
+    return SolverOptions(method, num_steps=int(value),
+                         step_exponent=float(exponent[0]) if exponent
+                         else 1.0)
 
 
 def measure(model: torch.nn.Module, setting: str, num: int,

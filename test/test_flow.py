@@ -489,6 +489,37 @@ def test_fixed_step_solvers_take_num_steps(generator, method, stages):
     torch.testing.assert_close(approx, exact, rtol=0, atol=5e-2)
 
 
+def test_step_exponent_grids_refine_toward_the_data():
+    from torch_enf.flows.integrator import step_grid
+    assert torch.equal(step_grid(1.0, 0.0, 4),
+                       torch.linspace(1, 0, 5, dtype=torch.float64))
+    grid = step_grid(1.0, 0.0, 4, 2.0)  # sampling: from noise to data
+    expected = torch.tensor([1.0, 0.5625, 0.25, 0.0625, 0.0],
+                            dtype=torch.float64)
+    torch.testing.assert_close(grid, expected)
+    torch.testing.assert_close(step_grid(0.0, 1.0, 4, 2.0), expected.flip(0))
+    steps = grid[:-1] - grid[1:]
+    assert bool((steps[1:] < steps[:-1]).all())  # shrinking toward t = 0
+    with pytest.raises(ValueError, match='step_exponent'):
+        SolverOptions('midpoint', num_steps=4, step_exponent=0.0)
+
+
+def test_step_exponent_solves_a_field_with_detail_at_the_data_end():
+    # dx/dt = 1 / (t + 0.01) changes fastest near t = 0: a grid refined
+    # there integrates it better at the same number of evaluations.
+    from torchdiffeq import odeint
+    exact = math.log(1.01 / 0.01)
+    times = torch.tensor([1.0, 0.0], dtype=torch.float64)  # as sampling
+
+    def error(exponent):
+        solver = SolverOptions('midpoint', num_steps=10,
+                               step_exponent=exponent)
+        x = odeint(lambda t, x: 1 / (t + 0.01), torch.zeros(1).double(),
+                   times, **solver.odeint_kwargs())
+        return abs(float(x[0] - x[-1]) - exact)
+    assert error(2.0) < error(1.0) / 3
+
+
 def test_a_solver_passed_per_call_is_used_in_either_mode(generator):
     pos, _, batch = mixed_batch([3, 4], 2, generator)
     data = as_batch(pos, None, batch, 0)

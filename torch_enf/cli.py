@@ -171,6 +171,9 @@ def _solver_arguments(p: argparse.ArgumentParser) -> None:
                    "the card's fixed-step sampler)")
     p.add_argument('--tol', type=float, default=None,
                    help='rtol = atol of an adaptive solver')
+    p.add_argument('--step-exponent', type=float, default=None,
+                   help='fixed-step grid t_k = (k/K)^p: p > 1 refines the '
+                   "steps toward the data (default: the card's, or 1)")
 
 
 def _model_arguments(p: argparse.ArgumentParser,
@@ -273,6 +276,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    '--tol)')
     e.add_argument('--num-steps', type=int, default=None,
                    help='steps of a fixed-step --solver')
+    e.add_argument('--step-exponent', type=float, default=1.0,
+                   help='grid t_k = (k/K)^p of a fixed-step --solver; '
+                   'p > 1 refines the steps toward the data')
     e.add_argument('--boltzmann-samples', type=int, default=0,
                    help='particle systems: flow samples for importance '
                    'weights (ESS, log Z, entropy floor)')
@@ -366,7 +372,8 @@ def run_configs(args: argparse.Namespace):
         valid_solver=_tolerance(args.valid_tol, '--valid-tol')
         if args.valid_tol else test_solver,
         solver=test_solver,
-        sampler=_sampler(args.solver, args.num_steps, test_solver),
+        sampler=_sampler(args.solver, args.num_steps, test_solver,
+                         args.step_exponent),
         boltzmann_samples=args.boltzmann_samples, novelty=args.novelty,
         published_test=_existing_file(args.published_test,
                                       '--published-test'),
@@ -393,12 +400,16 @@ def _tolerance(value: float, flag: str) -> SolverOptions:
 
 
 def _sampler(solver: Optional[str], num_steps: Optional[int],
-             default: SolverOptions) -> SolverOptions:
-    r"""The sampler of the flags: :obj:`--solver` with its steps or the
-    default adaptive solve; :obj:`--num-steps` needs a fixed-step
-    solver."""
+             default: SolverOptions,
+             step_exponent: float = 1.0) -> SolverOptions:
+    r"""The sampler of the flags: :obj:`--solver` with its steps (and
+    their grid) or the default adaptive solve; :obj:`--num-steps` needs a
+    fixed-step solver."""
     if num_steps is not None and not num_steps >= 1:
         raise CommandError(f'--num-steps must be positive (got {num_steps})')
+    if not step_exponent > 0:
+        raise CommandError(f'--step-exponent must be positive (got '
+                           f'{step_exponent})')
     if solver is None:
         if num_steps is not None:
             raise CommandError('--num-steps needs a fixed-step --solver '
@@ -407,7 +418,8 @@ def _sampler(solver: Optional[str], num_steps: Optional[int],
     if solver in FIXED_STEP_SOLVERS and num_steps is None:
         raise CommandError(f'--solver {solver} needs --num-steps')
     return default.replace(method=solver, num_steps=num_steps
-                           if solver in FIXED_STEP_SOLVERS else None)
+                           if solver in FIXED_STEP_SOLVERS else None,
+                           step_exponent=step_exponent)
 
 
 def _call_solver(args: argparse.Namespace,
@@ -428,10 +440,14 @@ def _call_solver(args: argparse.Namespace,
             default.num_steps is None:
         raise CommandError(f'--solver {method} needs --num-steps')
     tol = _tolerance(args.tol, '--tol') if args.tol is not None else default
+    if args.step_exponent is not None and not args.step_exponent > 0:
+        raise CommandError(f'--step-exponent must be positive (got '
+                           f'{args.step_exponent})')
     return default.replace(
         method=method, rtol=tol.rtol, atol=tol.atol,
         num_steps=None if method in ADAPTIVE_SOLVERS else (
-            args.num_steps or default.num_steps))
+            args.num_steps or default.num_steps),
+        step_exponent=args.step_exponent or default.step_exponent)
 
 
 def _existing_file(path: Optional[str], flag: str) -> Optional[str]:

@@ -84,6 +84,12 @@ class SolverOptions(Config):
             one solve, for any solver; beyond it
             :class:`EvaluationBudgetExceeded` is raised. (default:
             :obj:`None`: no budget)
+        step_exponent (float): The grid of a fixed-step solver: step ends
+            at the times :math:`t_k = (k / K)^p` on :math:`[0, 1]` (mapped
+            onto the interval of the solve), equal steps for :math:`p = 1`
+            and steps that shrink toward :math:`t = 0`, the data end of
+            the flows, for :math:`p > 1`, where sampling refines the
+            details. (default: :obj:`1.0`)
         error_norm (str): How adaptive solvers measure a step's error:
             :obj:`"batch"`, the root mean square over the whole batch (one
             step size for all graphs; a graph's answer depends on its
@@ -104,6 +110,7 @@ class SolverOptions(Config):
     max_num_steps: int = 10000
     max_num_evals: Optional[int] = None
     error_norm: str = 'batch'
+    step_exponent: float = 1.0
 
     def __post_init__(self):
         known = ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS
@@ -118,6 +125,7 @@ class SolverOptions(Config):
         if self.error_norm not in ERROR_NORMS:
             raise ValueError(f"Unknown error_norm {self.error_norm!r} "
                              f"(expected one of {ERROR_NORMS})")
+        check_positive_number(self.step_exponent, 'step_exponent')
         if self.adaptive:
             return
         if self.num_steps is None:
@@ -138,15 +146,34 @@ class SolverOptions(Config):
         if self.adaptive:
             kwargs['options'] = dict(max_num_steps=self.max_num_steps)
         else:
-            num_steps = self.num_steps
+            num_steps, exponent = self.num_steps, self.step_exponent
 
-            def grid(func, y0, t):  # exactly num_steps equal steps
-                return torch.linspace(float(t[0]), float(t[-1]),
-                                      num_steps + 1, dtype=t.dtype,
-                                      device=t.device)
+            def grid(func, y0, t):  # exactly num_steps steps
+                return step_grid(float(t[0]), float(t[-1]), num_steps,
+                                 exponent, t.dtype, t.device)
 
             kwargs['options'] = dict(grid_constructor=grid)
         return kwargs
+
+
+def step_grid(start: float, end: float, num_steps: int,
+              exponent: float = 1.0, dtype: torch.dtype = torch.float64,
+              device: Optional[torch.device] = None) -> Tensor:
+    r"""The :obj:`num_steps + 1` times of a fixed-step solve from
+    :obj:`start` to :obj:`end` (either way): :math:`a + (b - a) (k /
+    K)^p`, :math:`k = 0, \dots, K`, on the interval :math:`[a, b]` of the
+    solve, run from :obj:`start` to :obj:`end`; for :math:`p > 1` the steps
+    shrink toward the lower end :math:`a`."""
+    if exponent == 1.0:
+        return torch.linspace(start, end, num_steps + 1, dtype=dtype,
+                              device=device)
+    low, high = min(start, end), max(start, end)
+    fraction = torch.linspace(0, 1, num_steps + 1,
+                              dtype=torch.float64) ** exponent
+    times = low + (high - low) * fraction
+    if start > end:
+        times = times.flip(0)
+    return times.to(dtype=dtype, device=device)
 
 
 DEFAULT_SOLVER = SolverOptions()
