@@ -53,6 +53,10 @@ def test_flags_become_configurations_with_task_defaults():
     assert run.model.dequantizer == 'variational'
     assert objective.config()['solver']['rtol'] == 1e-3
     assert evaluation.sampler == SolverOptions('midpoint', 1e-5, 1e-5, 10)
+    _, _, _, evaluation = configs('dw4', '--solver', 'midpoint',
+                                  '--num-steps', '10', '--step-exponent',
+                                  '1.5')
+    assert evaluation.sampler.step_exponent == 1.5
     assert run.fit.ema_decay is None
 
 
@@ -62,6 +66,8 @@ def test_flags_become_configurations_with_task_defaults():
     (['qm9', '--class-margin', '-1'], 'class_margin must be non-negative'),
     (['dw4', '--num-steps', '3'], 'needs a fixed-step --solver'),
     (['dw4', '--solver', 'rk4'], 'needs --num-steps'),
+    (['dw4', '--solver', 'rk4', '--num-steps', '4', '--step-exponent',
+      '-1'], '--step-exponent must be positive'),
     (['dw4', '--tol', '1e-30'], '--tol must lie'),
     (['dw4', '--graph', 'sparse'], "--graph must be 'auto', 'full'"),
     (['dw4', '--objective', 'ml', '--bf16'], '--bf16 is for flow matching'),
