@@ -90,7 +90,6 @@ class AlanineDipeptideTask(PointCloudTask):
     picture."""
     description = ('alanine dipeptide, 22 atoms, AMBER ff99SB-ILDN + OBC '
                    'implicit solvent at 300 K, from MD (Angstrom)')
-    default_trace = 'hutchinson'
 
     def __init__(self):
         self._energy: Optional[AlanineDipeptide] = None
