@@ -23,6 +23,7 @@ from typing import Dict, List
 
 import torch
 
+from bench_sampling import solver_of
 from torch_enf.flows import SolverOptions
 from torch_enf.pretrained import load_model
 from torch_enf.storage import atomic_save
@@ -35,13 +36,6 @@ def quantiles(values: torch.Tensor) -> List[float]:
     q = torch.quantile(values.double(), torch.tensor(QUANTILES,
                                                      dtype=torch.float64))
     return [round(float(v), 2) for v in q]
-
-
-def solver_of(setting: str) -> SolverOptions:
-    method, steps, *exponent = setting.split(':')
-    return SolverOptions(method, num_steps=int(steps),
-                         step_exponent=float(exponent[0]) if exponent
-                         else 1.0)
 
 
 def energies_and_bonds(loaded, md: torch.Tensor, args) -> Dict:

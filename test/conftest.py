@@ -22,6 +22,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope='session')
+def alanine_trajectory(tmp_path_factory):
+    r"""A short MD trajectory of alanine dipeptide (60 frames; needs
+    OpenMM)."""
+    from torch_enf.systems.md import simulate_alanine_dipeptide
+    path = str(tmp_path_factory.mktemp('md') / 'short.npz')
+    simulate_alanine_dipeptide(num_frames=60, stride=50,
+                               equilibration_steps=200, path=path,
+                               progress=False)
+    return path
+
+
 def mixed_batch(sizes, n_dims, generator, channels=0, scale=1.5):
     r"""Positions (and features) of a batch of graphs of the given sizes."""
     batch = torch.repeat_interleave(torch.arange(len(sizes)),

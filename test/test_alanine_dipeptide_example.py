@@ -13,7 +13,6 @@ pytest.importorskip('openmm')
 pytest.importorskip('openmmtools')
 
 from torch_enf.pretrained import load_model  # noqa: E402
-from torch_enf.systems.md import simulate_alanine_dipeptide  # noqa: E402
 
 EXAMPLE = osp.join(osp.dirname(__file__), '..', 'examples',
                    'alanine_dipeptide.py')
@@ -28,28 +27,20 @@ def example():
     return module
 
 
-@pytest.fixture(scope='module')
-def trajectory(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('md') / 'short.npz')
-    simulate_alanine_dipeptide(num_frames=60, stride=50,
-                               equilibration_steps=200, path=path,
-                               progress=False)
-    return path
-
-
-def test_bad_options_are_refused(example, trajectory):
+def test_bad_options_are_refused(example, alanine_trajectory):
     with pytest.raises(SystemExit):
-        example.parse_args(['--data', trajectory, '--budget', '0'])
+        example.parse_args(['--data', alanine_trajectory, '--budget', '0'])
     with pytest.raises(SystemExit):
-        example.parse_args(['--data', trajectory + '.missing'])
+        example.parse_args(['--data', alanine_trajectory + '.missing'])
     with pytest.raises(SystemExit):
-        example.parse_args(['--data', trajectory, '--num-samples', '0'])
+        example.parse_args(['--data', alanine_trajectory,
+                            '--num-samples', '0'])
 
 
-def test_end_to_end(example, trajectory, tmp_path):
+def test_end_to_end(example, alanine_trajectory, tmp_path):
     torch.set_num_threads(1)
     results = example.main([
-        '--data', trajectory, '--run-dir', str(tmp_path / 'run'),
+        '--data', alanine_trajectory, '--run-dir', str(tmp_path / 'run'),
         '--results', str(tmp_path / 'results'), '--budget', '0.05',
         '--epochs', '1', '--hidden', '8', '--layers', '1',
         '--batch-size', '8', '--max-train', '16', '--num-valid', '4',

@@ -15,8 +15,7 @@ pytest.importorskip('openmmtools')
 from torch_enf.objectives import FlowMatching  # noqa: E402
 from torch_enf.pretrained import load_model  # noqa: E402
 from torch_enf.systems import (AlanineDipeptide, bootstrap_delta_f,  # noqa
-                               delta_f, load_trajectory, save_trajectory,
-                               simulate_alanine_dipeptide)
+                               delta_f, load_trajectory, save_trajectory)
 from torch_enf.systems.molecular import EXCHANGEABLE, mirror  # noqa: E402
 from torch_enf.tasks import (DataConfig, EvaluationConfig,  # noqa: E402
                              ModelOptions, RunConfig, get_task, train)
@@ -26,15 +25,6 @@ from torch_enf.training import FitConfig  # noqa: E402
 @pytest.fixture(scope='module')
 def system():
     return AlanineDipeptide()
-
-
-@pytest.fixture(scope='module')
-def trajectory(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('md') / 'short.npz')
-    simulate_alanine_dipeptide(num_frames=60, stride=50,
-                               equilibration_steps=200, path=path,
-                               progress=False)
-    return path
 
 
 def test_exchangeable_types_share_only_methyl_hydrogens(system):
@@ -108,16 +98,16 @@ def test_delta_f_of_known_populations():
     assert value == pytest.approx(0.0, abs=1e-12)
 
 
-def test_task_data_in_angstrom_and_bad_files(trajectory, tmp_path):
+def test_task_data_in_angstrom_and_bad_files(alanine_trajectory, tmp_path):
     task = get_task('alanine-dipeptide')
-    splits = task.datasets(DataConfig(files=trajectory, n_train=20),
-                           progress=False)
+    splits = task.datasets(
+        DataConfig(files=alanine_trajectory, n_train=20), progress=False)
     assert [len(s) for s in splits] == [20, 6, 6]
-    frames = load_trajectory(trajectory).positions
+    frames = load_trajectory(alanine_trajectory).positions
     assert torch.allclose(splits.train[0].pos.double(),
                           10 * torch.from_numpy(frames[0]), atol=1e-5)
     # Another force field, or positions of another shape, are refused.
-    md = load_trajectory(trajectory)
+    md = load_trajectory(alanine_trajectory)
     other = str(tmp_path / 'amber96.npz')
     save_trajectory(other, md._replace(
         settings=dict(md.settings, force_field='amber96')))
@@ -138,11 +128,12 @@ def test_task_data_in_angstrom_and_bad_files(trajectory, tmp_path):
         task.datasets(DataConfig(files=str(not_npz)), progress=False)
 
 
-def test_task_trains_samples_l_and_reweights(trajectory, tmp_path):
+def test_task_trains_samples_l_and_reweights(alanine_trajectory, tmp_path):
     torch.manual_seed(0)
     task = get_task('alanine-dipeptide')
     out = str(tmp_path / 'run')
-    run = RunConfig(task=task.name, data=DataConfig(files=trajectory),
+    run = RunConfig(task=task.name,
+                    data=DataConfig(files=alanine_trajectory),
                     model=ModelOptions(hidden_channels=8, num_layers=1),
                     fit=FitConfig(epochs=6, lr=1e-3, eval_every=3),
                     batch_size=8)
@@ -170,9 +161,9 @@ def test_task_trains_samples_l_and_reweights(trajectory, tmp_path):
     assert samples_file.shape == (12, 22, 3)
 
 
-def test_scoring_refuses_nm(trajectory, tmp_path):
+def test_scoring_refuses_nm(alanine_trajectory, tmp_path):
     task = get_task('alanine-dipeptide')
-    frames = load_trajectory(trajectory).positions[:3]
+    frames = load_trajectory(alanine_trajectory).positions[:3]
     model = task.build_model(ModelOptions(hidden_channels=8, num_layers=1),
                              None)
     good = str(tmp_path / 'angstrom.npy')
