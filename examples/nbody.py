@@ -16,6 +16,11 @@ Examples::
 
     python examples/nbody.py --model egnn --time-budget 25 --threads 1
     python examples/nbody.py --model gnn --epochs 100 --num-train 500
+    python examples/nbody.py --model egnn --time-budget 60 --lr-schedule cosine
+
+With :obj:`--lr-schedule cosine` the learning rate follows
+:class:`~torch_enf.training.LRSchedule`'s cosine over the epochs or the time
+budget, whichever ends the run first (the paper keeps it constant).
 
 The results (settings, test MSE, best epoch, wall clock, machine, the
 validation curve) go to ``OUT/results.json`` and the best model to
@@ -37,6 +42,7 @@ from torch_geometric.loader import DataLoader
 from torch_enf.datasets import NBody
 from torch_enf.io import atomic_path
 from torch_enf.nn.models import EGNNDynamicsPredictor, GNNDynamicsPredictor
+from torch_enf.training import LR_SCHEDULES, LRSchedule
 
 MODELS = {'egnn': EGNNDynamicsPredictor, 'gnn': GNNDynamicsPredictor}
 LEARNING_RATES = {'egnn': 5e-4, 'gnn': 1e-3}  # the official README's
@@ -55,6 +61,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--batch-size', type=int, default=100)
     parser.add_argument('--lr', type=float, default=None,
                         help='default: 5e-4 for egnn, 1e-3 for gnn')
+    parser.add_argument('--lr-schedule', choices=LR_SCHEDULES,
+                        default='constant',
+                        help='the paper keeps the rate constant')
     parser.add_argument('--weight-decay', type=float, default=1e-12)
     parser.add_argument('--hidden-channels', type=int, default=64)
     parser.add_argument('--num-layers', type=int, default=4)
@@ -96,12 +105,16 @@ def evaluate(model: torch.nn.Module, loader: DataLoader,
 
 
 def train_epoch(model: torch.nn.Module, loader: DataLoader,
-                optimizer: torch.optim.Optimizer,
-                device: torch.device) -> float:
-    r"""One pass over the training split; returns the mean batch loss."""
+                optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                step: int, start: float, device: torch.device) -> float:
+    r"""One pass over the training split, the learning rate of each step
+    set by :obj:`schedule` from the steps taken before it (:obj:`step` at
+    the start of the epoch) and the seconds since :obj:`start`; returns the
+    mean batch loss."""
     model.train()
     losses = []
     for batch in loader:
+        schedule.update(step + len(losses), time.perf_counter() - start)
         batch = batch.to(device)
         optimizer.zero_grad()
         pred = model(batch.pos, batch.vel, batch.charge, batch.edge_index)
@@ -147,11 +160,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
           f'train/valid/test systems', flush=True)
 
     budget = None if args.time_budget is None else 60 * args.time_budget
+    schedule = LRSchedule(
+        optimizer, args.lr_schedule,
+        total_steps=args.epochs * len(train_loader),
+        time_budget=None if budget is None else budget / 3600)
     history, best = [], {'valid_mse': float('inf'), 'epoch': None}
     best_state = model.state_dict()
     train_start, epoch, stopped_by = time.perf_counter(), 0, 'epochs'
     while epoch < args.epochs:
-        loss = train_epoch(model, train_loader, optimizer, device)
+        loss = train_epoch(model, train_loader, optimizer, schedule,
+                           epoch * len(train_loader), train_start, device)
         epoch += 1
         elapsed = time.perf_counter() - train_start
         # Stop when one more epoch of the mean length would pass the budget.

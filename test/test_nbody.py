@@ -1,5 +1,6 @@
 import importlib.util
 import os.path as osp
+import time
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch_enf.nn.models.nbody import (EGNNDynamicsPredictor,
                                        GNNDynamicsPredictor)
 from torch_enf.testing import (assert_equivariant, permutation_within_graphs,
                                random_orthogonal)
+from torch_enf.training import LRSchedule
 
 EXAMPLE = osp.join(osp.dirname(__file__), '..', 'examples', 'nbody.py')
 DT = 1e-3
@@ -208,12 +210,18 @@ def test_training_lowers_the_validation_error(tmp_path, model_class):
     valid_loader = DataLoader(valid, batch_size=100)
     model = model_class(hidden_channels=32, num_layers=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    schedule = LRSchedule(optimizer, 'cosine', total_steps=200)
     before = example.evaluate(model, valid_loader, torch.device('cpu'))
-    for _ in range(50):  # 200 steps
-        example.train_epoch(model, train_loader, optimizer,
-                            torch.device('cpu'))
+    start = time.perf_counter()
+    for epoch in range(50):  # 200 steps
+        example.train_epoch(model, train_loader, optimizer, schedule,
+                            4 * epoch, start, torch.device('cpu'))
     after = example.evaluate(model, valid_loader, torch.device('cpu'))
     assert after < 0.5 * before
+    # The last step ran at the cosine's end, near 1 % of the initial rate.
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(
+        1e-3 * schedule.factor(199, 0.0))
+    assert optimizer.param_groups[0]['lr'] < 2e-5
 
 
 def test_example_rejects_bad_input(tmp_path, capsys):
