@@ -27,7 +27,10 @@ a file (the MD trajectory of ``alanine-dipeptide``); ``--solver midpoint
 --num-steps K`` draws with a fixed-step solver instead of dopri5 at
 ``--tol`` (its error enters :math:`\log q` and so the weights; a grid
 refined toward the data, ``--step-exponent 1.5``, makes it far smaller for
-alanine dipeptide, see ``alanine_diagnostics.py``).
+alanine dipeptide, see ``alanine_diagnostics.py``). ``--temperature``
+:math:`\tau < 1` draws from the flow's tempered distribution (latents
+scaled by :math:`\tau`) with its exact density, so the weights stay
+unbiased; the chunks of one ``--out`` folder share one temperature.
 """
 import argparse
 import json
@@ -71,9 +74,11 @@ def draw_chunks(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(args.seed + index)
         draw = importance_weights(loaded.model, energy, size,
-                                  generator=generator, solver=sampler(args))
+                                  generator=generator, solver=sampler(args),
+                                  temperature=args.temperature)
         atomic_save(dict(log_q=draw.log_q, energy=draw.energy,
                          positions=draw.positions,
+                         temperature=args.temperature,
                          seconds=time.perf_counter() - start), path)
         print(f'chunk {index}: {size} samples in '
               f'{time.perf_counter() - start:.0f} s', flush=True)
@@ -87,6 +92,12 @@ def summary(args: argparse.Namespace) -> dict:
               if osp.exists(chunk_path(args.out, index))]
     if not chunks:
         raise SystemExit(f'No chunks in {args.out}')
+    # Chunks written before --temperature existed were drawn at 1.
+    temperatures = {c.get('temperature', 1.0) for c in chunks}
+    if temperatures != {args.temperature}:
+        raise SystemExit(f'The chunks in {args.out} were drawn at '
+                         f'temperatures {sorted(temperatures)}, not '
+                         f'--temperature {args.temperature}')
     log_q = torch.cat([c['log_q'] for c in chunks]).double()
     energy = torch.cat([c['energy'] for c in chunks]).double()
     log_weights = -energy - log_q
@@ -98,7 +109,8 @@ def summary(args: argparse.Namespace) -> dict:
     bracket = entropy_bracket(test_energy, mean_log_q_test, log_weights)
     results = dict(
         model=args.model, task=task.name, num_samples=log_q.numel(),
-        sampler=sampler(args).to_dict(), ess=bracket.ess, log_z=log_z,
+        sampler=sampler(args).to_dict(), temperature=args.temperature,
+        ess=bracket.ess, log_z=log_z,
         log_z_stderr=log_z_stderr,
         mean_energy_test=float(test_energy.mean()),
         num_test=test_energy.numel(), entropy=bracket.entropy,
@@ -131,6 +143,9 @@ def main() -> None:
     parser.add_argument('--num-steps', type=int, default=None)
     parser.add_argument('--step-exponent', type=float, default=1.0,
                         help='grid t_k = (k/K)^p of the fixed-step sampler')
+    parser.add_argument('--temperature', type=float, default=1.0,
+                        help='scale of the latents; the weights use the '
+                        'tempered density')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--part', type=int, default=0)
     parser.add_argument('--parts', type=int, default=1)
@@ -154,6 +169,8 @@ def main() -> None:
     if args.num < 1 or args.chunk < 1 or not 0 <= args.part < args.parts:
         parser.error('--num and --chunk must be positive and 0 <= --part < '
                      '--parts')
+    if not args.temperature > 0:
+        parser.error('--temperature must be positive')
     if (args.solver is None) != (args.num_steps is None) or \
             (args.num_steps is not None and args.num_steps < 1):
         parser.error('--solver and a positive --num-steps go together')

@@ -66,6 +66,41 @@ def test_reweighting_recovers_a_wider_target():
     assert log_z == pytest.approx(energy.log_partition_function(), abs=0.1)
 
 
+def test_tempered_proposals_have_exact_densities():
+    flow = near_identity_flow()
+    # Latents scaled by 0.8 match a harmonic target of width 0.8: equal
+    # weights and its log Z, only if log q_tau is the tempered density.
+    narrow = HarmonicEnergy(4, 2, sigma=0.8)
+    draw = importance_weights(flow, narrow, 400, solver=SOLVER,
+                              temperature=0.8,
+                              generator=torch.Generator().manual_seed(5))
+    assert effective_sample_size(draw.log_weights) > 0.99
+    assert draw.positions.pow(2).sum(dim=(1, 2)).mean() == pytest.approx(
+        6 * 0.8**2, rel=0.1)  # (M - 1) n sigma^2
+    log_z, stderr = log_partition_function(draw.log_weights)
+    assert log_z == pytest.approx(narrow.log_partition_function(),
+                                  abs=max(5 * stderr, 1e-3))
+    # The weights of a narrower proposal still give the unbiased log Z of
+    # a wider target.
+    wide = HarmonicEnergy(4, 2)
+    draw = importance_weights(flow, wide, 4000, solver=SOLVER,
+                              temperature=0.8,
+                              generator=torch.Generator().manual_seed(6))
+    assert effective_sample_size(draw.log_weights) < 0.95
+    log_z, stderr = log_partition_function(draw.log_weights)
+    assert log_z == pytest.approx(wide.log_partition_function(),
+                                  abs=max(5 * stderr, 0.02))
+    # log q_tau(x) = log p_tau(z) + log |det dz/dx| for the encoded sample.
+    samples, log_q = flow.sample_with_log_prob(
+        3, 4, temperature=0.5, solver=SOLVER,
+        generator=torch.Generator().manual_seed(7))
+    latent = flow.encode(samples, solver=SOLVER)
+    torch.testing.assert_close(flow.base_log_prob(latent, 0.5) +
+                               latent.log_det, log_q, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match='temperature'):
+        flow.sample_with_log_prob(2, 4, temperature=0.0)
+
+
 def test_ess_of_equal_and_dominated_weights():
     assert effective_sample_size(torch.zeros(50)) == pytest.approx(1.0)
     dominated = torch.full((50, ), -40.0)

@@ -56,8 +56,8 @@ def importance_weights(flow: torch.nn.Module, energy: ParticleEnergy,
                        num_samples: int, batch_size: Optional[int] = None,
                        generator: Optional[torch.Generator] = None,
                        progress: bool = False, trace: str = 'exact',
-                       solver: Optional[SolverOptions] = None
-                       ) -> ImportanceSamples:
+                       solver: Optional[SolverOptions] = None,
+                       temperature: float = 1.0) -> ImportanceSamples:
     r"""Draws :obj:`num_samples` configurations from :obj:`flow` (an
     :class:`~torch_enf.flows.ENFlow`) with
     :meth:`~torch_enf.flows.ENFlow.sample_with_log_prob` and computes their
@@ -67,7 +67,10 @@ def importance_weights(flow: torch.nn.Module, energy: ParticleEnergy,
     log-weight, which lowers the ESS in expectation (a conservative
     estimate). :obj:`solver` is the ODE solver of the draws (default:
     :obj:`~torch_enf.flows.DEFAULT_SOLVER`); its error enters
-    :math:`\log q` and so the weights.
+    :math:`\log q` and so the weights. With :obj:`temperature`
+    :math:`\tau < 1` the proposal is the flow's tempered distribution
+    :math:`q_\tau` (latents scaled by :math:`\tau`), whose exact density
+    the weights use, so they stay unbiased.
 
     Raises:
         ValueError: If the energy's particle count or dimension does not
@@ -80,7 +83,8 @@ def importance_weights(flow: torch.nn.Module, energy: ParticleEnergy,
                          f'flow {flow.n_dims}-dimensional')
     samples, log_q = flow.sample_with_log_prob(
         num_samples, energy.num_particles, generator=generator,
-        batch_size=batch_size, progress=progress, trace=trace, solver=solver)
+        batch_size=batch_size, progress=progress, trace=trace,
+        temperature=temperature, solver=solver)
     positions = samples.pos.view(num_samples, energy.num_particles,
                                  energy.n_dims)
     values = energy(positions.double()).to(log_q.dtype)

@@ -9,6 +9,26 @@ from torch import Tensor
 from torch_enf.utils import center_pos, graph_sizes, scatter_sum
 
 
+def gaussian_log_prob(sq_norm: Tensor, dim: Tensor,
+                      std: float = 1.0) -> Tensor:
+    r"""The log-density of an isotropic Gaussian of standard deviation
+    :math:`\sigma` in :math:`D` dimensions at points of squared norm
+    :math:`\|\mathbf{x}\|^2`,
+
+    .. math::
+        \log p_\sigma(\mathbf{x}) = -\frac{\|\mathbf{x}\|^2}{2\sigma^2}
+        - D \log \sigma - \frac{D}{2} \log(2\pi).
+
+    Args:
+        sq_norm (torch.Tensor): :math:`\|\mathbf{x}\|^2` per graph.
+        dim (torch.Tensor): :math:`D` per graph.
+        std (float, optional): :math:`\sigma > 0`. (default: :obj:`1.0`)
+    """
+    dim = dim.to(sq_norm.dtype)
+    return -0.5 * sq_norm / std**2 - dim * (math.log(std) +
+                                            0.5 * math.log(2 * math.pi))
+
+
 class CenteredGaussian(torch.nn.Module):
     r"""The isotropic standard Gaussian on the zero-centre-of-mass subspace
     of the positions of every graph,
@@ -31,9 +51,12 @@ class CenteredGaussian(torch.nn.Module):
         self.n_dims = n_dims
 
     def log_prob(self, pos: Tensor, batch: Tensor,
-                 num_graphs: Optional[int] = None) -> Tensor:
+                 num_graphs: Optional[int] = None,
+                 std: float = 1.0) -> Tensor:
         r"""Log-density of centred positions :obj:`pos` of shape
         :obj:`[N, n]`, one value per graph, shape :obj:`[num_graphs]`.
+        With :obj:`std` :math:`= \sigma`, the density of the same Gaussian
+        scaled by :math:`\sigma` (see :func:`gaussian_log_prob`).
 
         Raises:
             ValueError: If a graph is not centred or has fewer than two
@@ -49,8 +72,7 @@ class CenteredGaussian(torch.nn.Module):
             raise ValueError("'pos' must be centred per graph (zero centre of "
                              "mass) for the centred Gaussian")
         sq_norm = scatter_sum(pos.pow(2).sum(dim=-1), batch, sizes.numel())
-        dim = (sizes - 1).to(pos.dtype) * self.n_dims
-        return -0.5 * sq_norm - 0.5 * dim * math.log(2 * math.pi)
+        return gaussian_log_prob(sq_norm, (sizes - 1) * self.n_dims, std)
 
     def sample(self, batch: Tensor, num_graphs: Optional[int] = None,
                generator: Optional[torch.Generator] = None,
@@ -77,13 +99,14 @@ class NodeGaussian(torch.nn.Module):
         self.channels = channels
 
     def log_prob(self, h: Tensor, batch: Tensor,
-                 num_graphs: Optional[int] = None) -> Tensor:
+                 num_graphs: Optional[int] = None,
+                 std: float = 1.0) -> Tensor:
         r"""Log-density of features :obj:`h` of shape :obj:`[N, F]`, one value
-        per graph, shape :obj:`[num_graphs]`."""
+        per graph, shape :obj:`[num_graphs]`; :obj:`std` as in
+        :meth:`CenteredGaussian.log_prob`."""
         sizes = graph_sizes(batch, num_graphs)
         sq_norm = scatter_sum(h.pow(2).sum(dim=-1), batch, sizes.numel())
-        dim = sizes.to(h.dtype) * self.channels
-        return -0.5 * sq_norm - 0.5 * dim * math.log(2 * math.pi)
+        return gaussian_log_prob(sq_norm, sizes * self.channels, std)
 
     def sample(self, batch: Tensor,
                generator: Optional[torch.Generator] = None,

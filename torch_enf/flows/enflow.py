@@ -360,14 +360,18 @@ class ENFlow(torch.nn.Module):
             return log_prob, result.regularization
         return log_prob
 
-    def base_log_prob(self, latent: FlowResult) -> Tensor:
+    def base_log_prob(self, latent: FlowResult,
+                      temperature: float = 1.0) -> Tensor:
         r"""The log-density of the base distribution at the latents of
-        :meth:`encode`, per graph."""
+        :meth:`encode`, per graph; with :obj:`temperature` :math:`\tau`,
+        that of the base scaled by :math:`\tau` (the latents of
+        :meth:`sample` at that temperature)."""
         out = self.pos_prior.log_prob(latent.pos, latent.batch,
-                                      latent.num_graphs)
+                                      latent.num_graphs, std=temperature)
         if self.node_channels > 0:
             out = out + self.h_prior.log_prob(latent.h, latent.batch,
-                                              latent.num_graphs)
+                                              latent.num_graphs,
+                                              std=temperature)
         return out
 
     def encode(self, data: Union[Data, Batch], *,
@@ -492,26 +496,35 @@ class ENFlow(torch.nn.Module):
         batch_size: Optional[int] = None,
         progress: bool = False,
         trace: str = 'exact',
+        temperature: float = 1.0,
         solver: Optional[SolverOptions] = None,
         counter: Optional[EvaluationCount] = None,
     ) -> Tuple[Batch, Tensor]:
         r"""Draws graphs as :meth:`sample` does, with the log-density of
-        each under the flow,
+        each under the distribution they were drawn from,
 
         .. math::
-            \log q(\mathbf{x}) = \log p(\mathbf{z}) - \log \left|\det
-            \frac{\partial \mathbf{x}}{\partial \mathbf{z}}\right|,
+            \log q_\tau(\mathbf{x}) = \log p_\tau(\mathbf{z}) - \log
+            \left|\det \frac{\partial \mathbf{x}}{\partial \mathbf{z}}
+            \right|,
 
         from the same solve (exact trace by default), as needed for
-        importance weights (:mod:`torch_enf.boltzmann`).
+        importance weights (:mod:`torch_enf.boltzmann`). At
+        :obj:`temperature` :math:`\tau` the latents are drawn from
+        :math:`p_\tau`, the base distribution scaled by :math:`\tau`, and
+        :math:`q_\tau` is the exact density of that *tempered proposal*
+        (:math:`q_1` is the model): weights against it stay unbiased, and
+        :math:`\tau < 1` concentrates the draws where the flow is
+        accurate, at the price of covering the tails less.
 
         Returns:
             :obj:`(samples, log_prob)`, the second of shape
             :obj:`[num_samples]`.
         """
+        check_positive_number(temperature, 'temperature')
         return self._sample(num_samples, num_nodes, generator, batch_size,
-                            progress, _check_trace(trace), 1.0, solver,
-                            counter)
+                            progress, _check_trace(trace), temperature,
+                            solver, counter)
 
     # Internals -------------------------------------------------------------
 
@@ -538,7 +551,8 @@ class ENFlow(torch.nn.Module):
                                   solver=solver, counter=counter)
                 if trace is not None:
                     base = self.base_log_prob(FlowResult(
-                        z_pos, z_h, None, None, batch, chunk.numel()))
+                        z_pos, z_h, None, None, batch, chunk.numel()),
+                        temperature)
                     log_probs.append(base - out.log_det)
                 for pos, h in zip(out.pos.split(chunk.tolist()),
                                   out.h.split(chunk.tolist())):
