@@ -40,7 +40,8 @@ def main() -> None:
                         help='code revision the run was trained with')
     parser.add_argument('--machine', required=True)
     parser.add_argument('--sampler', default=None,
-                        help="recommended sampler, e.g. 'midpoint:50'")
+                        help='recommended sampler, METHOD:STEPS[:EXPONENT], '
+                        "e.g. 'midpoint:50' or 'midpoint:10:1.5'")
     parser.add_argument('--extra-metrics', default=None,
                         help='JSON file of further measured metrics')
     args = parser.parse_args()
@@ -59,9 +60,10 @@ def main() -> None:
     found = load_model(args.run)
     card['sampler'] = found.sampler.to_dict()
     if args.sampler:
-        method, steps = args.sampler.split(':')
+        method, steps, *exponent = args.sampler.split(':')
         card['sampler'] = found.sampler.replace(
-            method=method, num_steps=int(steps)).to_dict()
+            method=method, num_steps=int(steps),
+            step_exponent=float(exponent[0]) if exponent else 1.0).to_dict()
     path = WEIGHTS_DIR / f'{args.name}.pt'
     save_model(found.model, str(path), found.task.state(), card)
     print(f'{path} ({osp.getsize(path) / 1024:.0f} KiB)')
