@@ -92,8 +92,7 @@ def summary(args: argparse.Namespace) -> dict:
               if osp.exists(chunk_path(args.out, index))]
     if not chunks:
         raise SystemExit(f'No chunks in {args.out}')
-    # Chunks written before --temperature existed were drawn at 1.
-    temperatures = {c.get('temperature', 1.0) for c in chunks}
+    temperatures = {c['temperature'] for c in chunks}
     if temperatures != {args.temperature}:
         raise SystemExit(f'The chunks in {args.out} were drawn at '
                          f'temperatures {sorted(temperatures)}, not '
