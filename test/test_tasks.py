@@ -3,11 +3,11 @@ built-in task is registered with its defaults, flags become checked
 configurations once, and a task builds the model its data needs."""
 import pytest
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from torch_enf.cli import _parser, _task_defaults, run_configs
 from torch_enf.config import Config
-from torch_enf.flows import SolverOptions
+from torch_enf.flows import CompositionFlow, SolverOptions
 from torch_enf.tasks import (TASKS, DataConfig, EvaluationConfig,
                              ModelOptions, RunConfig, Splits, get_task,
                              task_from_state)
@@ -98,10 +98,11 @@ def test_molecule_task_builds_a_flow_for_the_elements_of_its_data():
         n - 2)), h=node_features(torch.tensor([6, 16] + [1] * (n - 2)),
                                  [1, 6, 16])) for n in (3, 5, 120)]
 
-    def in_memory(graphs):  # a list with the slices of an InMemoryDataset
+    def in_memory(graphs):  # a list with the storage of an InMemoryDataset
         sized = type('Sized', (list, ), {})(graphs)
         sized.slices = dict(pos=torch.tensor(
             [0] + [d.num_nodes for d in graphs]).cumsum(0))
+        sized._data = Batch.from_data_list(graphs)
         return sized
 
     model = task.build_model(ModelOptions(hidden_channels=8, num_layers=1,
@@ -119,6 +120,20 @@ def test_molecule_task_builds_a_flow_for_the_elements_of_its_data():
                                            graph='full'),
                               Splits(in_memory(data), data, data))
     assert forced.flow.graph == 'full'
+    by_formula = task.build_model(
+        ModelOptions(hidden_channels=8, num_layers=1,
+                     atom_types='composition'),
+        Splits(in_memory(data[:2]), data, data))
+    assert isinstance(by_formula, CompositionFlow)
+    assert by_formula.flow.context_channels == 3
+    # C S H, C S H3: two formulas, hydrogen the most frequent type
+    assert by_formula.composition.compositions.tolist() == [[1, 1, 1],
+                                                             [3, 1, 1]]
+    assert by_formula.composition.type_probs.argmax() == 0
+    with pytest.raises(ValueError, match="atom_types='flow'"):
+        ModelOptions(atom_types='composition', class_margin=2.0)
+    with pytest.raises(ValueError, match='atom_types must be one of'):
+        ModelOptions(atom_types='formula')
 
 
 def test_fit_config_checks_its_fields():

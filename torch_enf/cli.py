@@ -191,6 +191,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     example scripts); a task's :meth:`~torch_enf.tasks.Task.defaults` set
     their defaults."""
     from torch_enf.flows import DEQUANTIZERS
+    from torch_enf.tasks.base import ATOM_TYPE_MODELS
     from torch_enf.objectives import OBJECTIVES
     d = p.add_argument_group('data')
     d.add_argument('--data', default=None, help='your data: a file, folder '
@@ -222,6 +223,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help='molecules: gap between the true atom type and the '
                    'others in the dequantised one-hot block')
     m.add_argument('--actnorm', action='store_true')
+    m.add_argument('--atom-types', choices=ATOM_TYPE_MODELS, default='flow',
+                   help="molecules: 'flow' carries dequantised types in the "
+                   "flow (the E-NF paper); 'composition' draws the "
+                   "composition from the training formulas and the "
+                   "positions from a flow conditioned on the types (exact "
+                   "likelihood)")
     o = p.add_argument_group('objective')
     o.add_argument('--objective', choices=sorted(OBJECTIVES), default='fm',
                    help="'fm': flow matching (no ODE solve per step); "
@@ -353,7 +360,8 @@ def run_configs(args: argparse.Namespace):
         model=ModelOptions(args.hidden, args.layers, args.num_radial,
                            args.radial_cutoff, _graph(args.graph),
                            not args.no_adjoint, args.dequantizer,
-                           args.class_margin, args.actnorm),
+                           args.class_margin, args.actnorm,
+                           args.atom_types),
         fit=FitConfig(epochs=args.epochs, lr=args.lr,
                       lr_schedule=args.lr_schedule, ema_decay=ema,
                       eval_every=args.eval_every or max(1,

@@ -14,6 +14,8 @@ from .dequantization import (DEQUANTIZERS, ArgmaxDequantizer, Dequantizer,
                              VariationalDequantizer, register_dequantizer)
 from .actnorm import ActNorm
 from .molecule import MoleculeFlow, MoleculeFlowConfig
+from .composition import (CompositionDistribution, CompositionFlow,
+                          CompositionFlowConfig)
 from .conformer import AtomTypeDynamics, ConformerFlow, ConformerFlowConfig
 from .models import FLOW_MODELS, model_config, model_from_config
 
@@ -47,6 +49,9 @@ __all__ = [
     'ActNorm',
     'MoleculeFlow',
     'MoleculeFlowConfig',
+    'CompositionDistribution',
+    'CompositionFlow',
+    'CompositionFlowConfig',
     'ConformerFlow',
     'ConformerFlowConfig',
     'AtomTypeDynamics',

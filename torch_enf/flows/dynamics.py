@@ -55,6 +55,11 @@ class EGNNDynamics(torch.nn.Module):
             :math:`d_{ij}^2`). (default: :obj:`0`)
         radial_cutoff (float, optional): The last centre :math:`r_c`, in
             the units of the positions. (default: :obj:`5.0`)
+        context_channels (int, optional): The width :math:`C` of fixed node
+            inputs :math:`\mathbf{c}` (*e.g.* one-hot atom types) that the
+            network sees beside :math:`\mathbf{h}` but that do not flow:
+            :math:`[\mathbf{h}, \mathbf{c}, t]` enters the EGNN.
+            (default: :obj:`0`)
     """
     def __init__(
         self,
@@ -69,8 +74,13 @@ class EGNNDynamics(torch.nn.Module):
         condition_time: bool = True,
         num_radial: int = 0,
         radial_cutoff: float = 5.0,
+        context_channels: int = 0,
     ):
         super().__init__()
+        if isinstance(context_channels, bool) or \
+                not isinstance(context_channels, int) or context_channels < 0:
+            raise ValueError(f"'context_channels' must be a non-negative "
+                             f"integer (got {context_channels!r})")
         if isinstance(num_radial, bool) or not isinstance(num_radial, int) \
                 or num_radial < 0 or num_radial == 1:
             raise ValueError(f"'num_radial' must be 0 or an integer of at "
@@ -78,8 +88,9 @@ class EGNNDynamics(torch.nn.Module):
         check_positive_number(radial_cutoff, 'radial_cutoff')
         self.n_dims = n_dims
         self.node_channels = node_channels
+        self.context_channels = context_channels
         self.condition_time = condition_time
-        in_channels = node_channels + int(condition_time)
+        in_channels = node_channels + context_channels + int(condition_time)
         self.in_channels = max(in_channels, 1)
         self.distance_expansion = GaussianSmearing(
             0.0, radial_cutoff, num_radial) if num_radial > 0 else None
@@ -94,7 +105,8 @@ class EGNNDynamics(torch.nn.Module):
         self.egnn.reset_parameters()
 
     def forward(self, t: Tensor, pos: Tensor, h: Tensor, edge_index: Tensor,
-                batch: Tensor) -> Tuple[Tensor, Tensor]:
+                batch: Tensor, context: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
         r"""Evaluates the vector field.
 
         Args:
@@ -105,12 +117,22 @@ class EGNNDynamics(torch.nn.Module):
             h (torch.Tensor): Node features of shape :obj:`[N, F]`.
             edge_index (torch.Tensor): Edge indices of shape :obj:`[2, E]`.
             batch (torch.Tensor): Graph assignment of shape :obj:`[N]`.
+            context (torch.Tensor, optional): Fixed node inputs of shape
+                :obj:`[N, C]`, needed when :obj:`context_channels > 0`.
 
         Returns:
             :obj:`(dpos_dt, dh_dt)` of shapes :obj:`[N, n]` and
             :obj:`[N, F]`.
         """
         inputs = [h]
+        if self.context_channels > 0:
+            if context is None or context.shape != (pos.size(0),
+                                                    self.context_channels):
+                raise ValueError(
+                    f"The dynamics expects a 'context' of shape "
+                    f"[{pos.size(0)}, {self.context_channels}] (got "
+                    f"{None if context is None else list(context.shape)})")
+            inputs.append(context.to(pos.dtype))
         if self.condition_time:
             inputs.append(t.to(pos.dtype).reshape(-1, 1).expand(pos.size(0),
                                                                 1))

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import numbers
 from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -70,12 +71,16 @@ class FlowInputs(NamedTuple):
         node_type (torch.Tensor, optional): An integer class per node that
             symmetries may not mix (*e.g.* the atom type), :obj:`[N]`, or
             :obj:`None` when all nodes are alike.
+        context (torch.Tensor, optional): The fixed node inputs
+            :obj:`[N, C]` of a conditional flow (see :obj:`ENFlow`'s
+            :obj:`context_channels`), or :obj:`None`.
     """
     pos: Tensor
     h: Tensor
     batch: Tensor
     num_graphs: int
     node_type: Optional[Tensor] = None
+    context: Optional[Tensor] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +110,12 @@ class ENFlowConfig(Config):
     adjoint: bool = True
     adjoint_seminorm: bool = False
     hutchinson_noise: str = 'rademacher'
+    context_channels: int = 0
 
     def __post_init__(self):
         for name, least in (('n_dims', 1), ('node_channels', 0),
-                            ('hidden_channels', 1), ('num_layers', 1)):
+                            ('hidden_channels', 1), ('num_layers', 1),
+                            ('context_channels', 0)):
             _check_integer(getattr(self, name), name, least)
         for name in ('edge_inference', 'adjoint', 'adjoint_seminorm'):
             if not isinstance(getattr(self, name), bool):
@@ -160,6 +167,16 @@ class ENFlow(torch.nn.Module):
     Hutchinson's estimate with a probe fixed during a solve (cheaper, for
     training). The density is invariant to rotations, reflections,
     translations and node permutations.
+
+    A *conditional* flow (:obj:`context_channels` :math:`C > 0`) models
+    :math:`p(\mathbf{x}, \mathbf{h} \mid \mathbf{c})` for fixed node
+    inputs :math:`\mathbf{c} \in \mathbb{R}^{N \times C}` that the
+    dynamics sees at every evaluation but that do not flow, *e.g.* the
+    one-hot atom types of molecules whose composition is given
+    (:class:`CompositionFlow`). They are read from :obj:`data.x`, as PyG
+    stores node features, and passed to :meth:`decode`, :meth:`sample` and
+    :meth:`velocity` as :obj:`context`; the density is then invariant to
+    permutations of nodes with equal inputs.
 
     Every solving method (:meth:`log_prob`, :meth:`encode`, :meth:`decode`,
     :meth:`sample`, :meth:`sample_with_log_prob`) takes the ODE solver of
@@ -218,6 +235,11 @@ class ENFlow(torch.nn.Module):
             (Kidger et al., 2021). (default: :obj:`False`)
         hutchinson_noise (str, optional): :obj:`"rademacher"` or
             :obj:`"gaussian"`. (default: :obj:`"rademacher"`)
+        context_channels (int, optional): The width :math:`C` of the fixed
+            node inputs :obj:`data.x` of a conditional flow (passed to the
+            default dynamics, see :class:`EGNNDynamics`; a custom
+            :obj:`dynamics` must accept them as :obj:`context`).
+            (default: :obj:`0`)
     """
     config_class = ENFlowConfig
 
@@ -239,13 +261,14 @@ class ENFlow(torch.nn.Module):
         adjoint: bool = True,
         adjoint_seminorm: bool = False,
         hutchinson_noise: str = 'rademacher',
+        context_channels: int = 0,
     ):
         super().__init__()
         config = ENFlowConfig(n_dims, node_channels, hidden_channels,
                               num_layers, edge_inference, coords_norm,
                               coords_range, aggr, num_radial, radial_cutoff,
                               graph, adjoint, adjoint_seminorm,
-                              hutchinson_noise)
+                              hutchinson_noise, context_channels)
         self._architecture = None if dynamics is not None else config
         # One probe is drawn from the global generator before the parameters,
         # as torch-enf 0.1 did, so that seeded runs initialise as they did
@@ -253,13 +276,15 @@ class ENFlow(torch.nn.Module):
         sample_probe(torch.zeros(1), hutchinson_noise)
         self.n_dims = n_dims
         self.node_channels = node_channels
+        self.context_channels = context_channels
         if dynamics is None:
             dynamics = EGNNDynamics(n_dims, node_channels, hidden_channels,
                                     num_layers, edge_inference=edge_inference,
                                     coords_norm=coords_norm,
                                     coords_range=coords_range, aggr=aggr,
                                     num_radial=num_radial,
-                                    radial_cutoff=radial_cutoff)
+                                    radial_cutoff=radial_cutoff,
+                                    context_channels=context_channels)
         self.vector_field = VectorField(dynamics, config.graph)
         self.adjoint = adjoint
         self.adjoint_seminorm = adjoint_seminorm
@@ -335,9 +360,10 @@ class ENFlow(torch.nn.Module):
         Args:
             data (torch_geometric.data.Data or Batch): Graphs of at least two
                 nodes with :obj:`pos` of shape :obj:`[N, n]` and, when
-                :obj:`node_channels > 0`, :obj:`h` of shape :obj:`[N, F]`.
-                Positions need not be centred: the density is translation
-                invariant.
+                :obj:`node_channels > 0`, :obj:`h` of shape :obj:`[N, F]`
+                (and :obj:`x` of shape :obj:`[N, C]` for a conditional
+                flow). Positions need not be centred: the density is
+                translation invariant.
             trace (str, optional): :obj:`"exact"` or :obj:`"hutchinson"`.
                 (default: :obj:`"exact"`)
             solver (SolverOptions, optional): The ODE solver.
@@ -391,14 +417,15 @@ class ENFlow(torch.nn.Module):
         return self._solve(inputs.pos, inputs.h, inputs.batch,
                            inputs.num_graphs, 0.0, end_time,
                            _check_trace(trace, optional=True), regularize,
-                           solver, counter)
+                           solver, counter, inputs.context)
 
     def decode(self, pos: Tensor, h: Optional[Tensor] = None,
                batch: Optional[Tensor] = None, *,
                trace: Optional[str] = None,
                solver: Optional[SolverOptions] = None,
                start_time: float = 1.0,
-               counter: Optional[EvaluationCount] = None) -> FlowResult:
+               counter: Optional[EvaluationCount] = None,
+               context: Optional[Tensor] = None) -> FlowResult:
         r"""Maps latents :obj:`pos` :obj:`[N, n]` and :obj:`h`
         :obj:`[N, F]` of the graphs of :obj:`batch` :obj:`[N]` back to data
         (:math:`t: 1 \to 0`). With a :obj:`trace`, :obj:`log_det` holds
@@ -407,32 +434,41 @@ class ENFlow(torch.nn.Module):
         of the flow at :math:`t = s` (*e.g.* data noised along the paths of
         :class:`~torch_enf.objectives.FlowMatching`), carried to
         :math:`t = 0`. :obj:`solver` and :obj:`counter` are as in
-        :meth:`log_prob`."""
+        :meth:`log_prob`; a conditional flow needs its node inputs
+        :obj:`context` :obj:`[N, C]`."""
         start_time = check_time(start_time, 'start_time')
         pos, h, batch, num_graphs = self._check(pos, h, batch)
+        context = self._check_context(context, pos.size(0))
         return self._solve(center_pos_exact(pos, batch, num_graphs), h,
                            batch, num_graphs, start_time, 0.0,
                            _check_trace(trace, optional=True), False,
-                           solver, counter)
+                           solver, counter, context)
 
     def flow_inputs(self, data: Union[Data, Batch]) -> FlowInputs:
         r"""The checked, centred positions and the features of
         :obj:`data`: the state of the flow at :math:`t = 0` (see
-        :class:`FlowInputs`)."""
+        :class:`FlowInputs`), with the node inputs :obj:`data.x` of a
+        conditional flow as :obj:`context`."""
         pos, h, batch, num_graphs = self._read(data)
+        context = self._check_context(
+            getattr(data, 'x', None) if self.context_channels > 0 else None,
+            pos.size(0))
         return FlowInputs(center_pos_exact(pos, batch, num_graphs), h,
-                          batch, num_graphs)
+                          batch, num_graphs, context=context)
 
     def velocity(self, t: Tensor, pos: Tensor, h: Tensor, batch: Tensor,
-                 num_graphs: int) -> Tuple[Tensor, Tensor]:
+                 num_graphs: int, context: Optional[Tensor] = None
+                 ) -> Tuple[Tensor, Tensor]:
         r"""The vector field :math:`f(\mathbf{x}, \mathbf{h}, t)` at
-        :obj:`t` (a scalar or one time per node), see :class:`VectorField`.
+        :obj:`t` (a scalar or one time per node), see :class:`VectorField`
+        (given the node inputs :obj:`context` of a conditional flow).
 
         Returns:
             :obj:`(dpos_dt, dh_dt)` of shapes :obj:`[N, n]` (centred per
             graph) and :obj:`[N, F]`.
         """
-        return self.vector_field(t, pos, h, batch, num_graphs)
+        return self.vector_field(t, pos, h, batch, num_graphs,
+                                 context=context)
 
     def sample_base(self, batch: Tensor, num_graphs: int,
                     generator: Optional[torch.Generator] = None
@@ -450,7 +486,8 @@ class ENFlow(torch.nn.Module):
                batch_size: Optional[int] = None, progress: bool = False,
                temperature: float = 1.0,
                solver: Optional[SolverOptions] = None,
-               counter: Optional[EvaluationCount] = None) -> Batch:
+               counter: Optional[EvaluationCount] = None,
+               context: Optional[Tensor] = None) -> Batch:
         r"""Draws graphs from the flow: latents :math:`\tau \mathbf{z}`,
         :math:`\mathbf{z}` from the base distribution, carried to the data
         by the inverse map.
@@ -477,14 +514,19 @@ class ENFlow(torch.nn.Module):
                 (default: :obj:`DEFAULT_SOLVER`)
             counter (EvaluationCount, optional): Counts the vector-field
                 evaluations of all solves.
+            context (torch.Tensor, optional): The node inputs of a
+                conditional flow, :obj:`[N, C]` for the :obj:`N` nodes of all
+                graphs in order (needed then, refused otherwise).
 
         Returns:
-            torch_geometric.data.Batch: Graphs with :obj:`pos` (centred) and,
-            when :obj:`node_channels > 0`, :obj:`h`.
+            torch_geometric.data.Batch: Graphs with :obj:`pos` (centred),
+            when :obj:`node_channels > 0`, :obj:`h`, and for a conditional
+            flow their :obj:`context` as :obj:`x`.
         """
         check_positive_number(temperature, 'temperature')
         return self._sample(num_samples, num_nodes, generator, batch_size,
-                            progress, None, temperature, solver, counter)[0]
+                            progress, None, temperature, solver, counter,
+                            context)[0]
 
     @torch.no_grad()
     def sample_with_log_prob(
@@ -499,6 +541,7 @@ class ENFlow(torch.nn.Module):
         temperature: float = 1.0,
         solver: Optional[SolverOptions] = None,
         counter: Optional[EvaluationCount] = None,
+        context: Optional[Tensor] = None,
     ) -> Tuple[Batch, Tensor]:
         r"""Draws graphs as :meth:`sample` does, with the log-density of
         each under the distribution they were drawn from,
@@ -524,7 +567,7 @@ class ENFlow(torch.nn.Module):
         check_positive_number(temperature, 'temperature')
         return self._sample(num_samples, num_nodes, generator, batch_size,
                             progress, _check_trace(trace), temperature,
-                            solver, counter)
+                            solver, counter, context)
 
     # Internals -------------------------------------------------------------
 
@@ -533,32 +576,41 @@ class ENFlow(torch.nn.Module):
                 batch_size: Optional[int], progress: bool,
                 trace: Optional[str], temperature: float,
                 solver: Optional[SolverOptions],
-                counter: Optional[EvaluationCount]
+                counter: Optional[EvaluationCount],
+                context: Optional[Tensor] = None
                 ) -> Tuple[Batch, Optional[Tensor]]:
         sizes = sample_sizes(num_samples, num_nodes, self._device())
         if batch_size is not None:
             check_positive_integer(batch_size, 'batch_size')
+        context = self._check_context(context, int(sizes.sum()))
+        chunks = sizes.split(batch_size or sizes.numel())
+        contexts = [None] * len(chunks) if context is None else \
+            context.split([int(chunk.sum()) for chunk in chunks])
         data_list, log_probs = [], []
         with tqdm(total=sizes.numel(), desc='sampling', leave=False,
                   disable=not progress) as bar:
-            for chunk in sizes.split(batch_size or sizes.numel()):
+            for chunk, chunk_context in zip(chunks, contexts):
                 batch = torch.repeat_interleave(
                     torch.arange(chunk.numel(), device=chunk.device), chunk)
                 z_pos, z_h = (temperature * z for z in self.sample_base(
                     batch, chunk.numel(), generator))
                 out = self.decode(z_pos, z_h if self.node_channels > 0
                                   else None, batch, trace=trace,
-                                  solver=solver, counter=counter)
+                                  solver=solver, counter=counter,
+                                  context=chunk_context)
                 if trace is not None:
                     base = self.base_log_prob(FlowResult(
                         z_pos, z_h, None, None, batch, chunk.numel()),
                         temperature)
                     log_probs.append(base - out.log_det)
-                for pos, h in zip(out.pos.split(chunk.tolist()),
-                                  out.h.split(chunk.tolist())):
+                split = chunk.tolist()
+                for k, (pos, h) in enumerate(zip(out.pos.split(split),
+                                                 out.h.split(split))):
                     data = Data(pos=pos)
                     if self.node_channels > 0:
                         data.h = h
+                    if chunk_context is not None:
+                        data.x = chunk_context.split(split)[k]
                     data_list.append(data)
                 bar.update(chunk.numel())
         return (Batch.from_data_list(data_list),
@@ -567,7 +619,8 @@ class ENFlow(torch.nn.Module):
     def _solve(self, pos: Tensor, h: Tensor, batch: Tensor, num_graphs: int,
                t0: float, t1: float, trace: Optional[str], regularize: bool,
                solver: Optional[SolverOptions] = None,
-               counter: Optional[EvaluationCount] = None) -> FlowResult:
+               counter: Optional[EvaluationCount] = None,
+               context: Optional[Tensor] = None) -> FlowResult:
         solver = _check_solver(solver)
         nodes = [pos, h] if self.node_channels > 0 else [pos]
         probe = None
@@ -576,7 +629,9 @@ class ENFlow(torch.nn.Module):
             probe[0] = center_pos(probe[0], batch, num_graphs)
         edge_index = full_edge_index(batch, num_graphs) \
             if self.graph == 'full' else None
-        func = AugmentedODE(self.vector_field, nodes, batch, num_graphs,
+        field = self.vector_field if context is None else \
+            functools.partial(self.vector_field, context=context)
+        func = AugmentedODE(field, nodes, batch, num_graphs,
                             trace, probe, regularize, edge_index, counter)
         zeros = pos.new_zeros(num_graphs)
         state = nodes + [zeros] * (int(trace is not None) + int(regularize))
@@ -626,6 +681,25 @@ class ENFlow(torch.nn.Module):
             h = pos.new_zeros(pos.size(0), 0)
         dtype = self._dtype()
         return pos.to(dtype), h.to(dtype), batch, num_graphs
+
+    def _check_context(self, context: Optional[Tensor],
+                       num_nodes: int) -> Optional[Tensor]:
+        r"""The node inputs of a conditional flow, checked against its
+        :obj:`num_nodes` nodes and cast to the flow's dtype and device;
+        :obj:`None` for an unconditional flow."""
+        if self.context_channels == 0:
+            if context is not None:
+                raise ValueError(f"The flow has no node inputs "
+                                 f"(context_channels=0), but got a context "
+                                 f"of shape {list(context.shape)}")
+            return None
+        if context is None:
+            raise ValueError(f"The conditional flow needs node inputs "
+                             f"(data.x, or 'context') with "
+                             f"{self.context_channels} channels")
+        check_node_matrix(context, num_nodes, self.context_channels,
+                          'context')
+        return context.to(self._device(), self._dtype())
 
     def _dtype(self) -> torch.dtype:
         tensor = next(self.parameters(), None)

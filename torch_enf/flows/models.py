@@ -12,6 +12,7 @@ from typing import Any, Dict
 
 import torch
 
+from torch_enf.flows.composition import CompositionFlow
 from torch_enf.flows.conformer import ConformerFlow
 from torch_enf.flows.enflow import ENFlow
 from torch_enf.flows.molecule import MoleculeFlow
@@ -19,13 +20,15 @@ from torch_enf.utils import Registry
 
 FLOW_MODELS = Registry(torch.nn.Module, 'flow model')
 r"""The model classes by name: :obj:`"enflow"` (:class:`ENFlow`),
-:obj:`"molecule-flow"` (:class:`MoleculeFlow`) and :obj:`"conformer-flow"`
+:obj:`"molecule-flow"` (:class:`MoleculeFlow`), :obj:`"composition-flow"`
+(:class:`CompositionFlow`) and :obj:`"conformer-flow"`
 (:class:`ConformerFlow`). Every entry has a
 :obj:`config_class`, a :meth:`config` method and a :meth:`from_config`
 class method."""
 
 FLOW_MODELS.register('enflow')(ENFlow)
 FLOW_MODELS.register('molecule-flow')(MoleculeFlow)
+FLOW_MODELS.register('composition-flow')(CompositionFlow)
 FLOW_MODELS.register('conformer-flow')(ConformerFlow)
 
 

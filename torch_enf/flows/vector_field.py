@@ -72,8 +72,8 @@ class VectorField(torch.nn.Module):
         return radius_graph(pos, self.graph, batch)
 
     def forward(self, t: Tensor, pos: Tensor, h: Tensor, batch: Tensor,
-                num_graphs: int, edge_index: Optional[Tensor] = None
-                ) -> Tuple[Tensor, Tensor]:
+                num_graphs: int, edge_index: Optional[Tensor] = None,
+                context: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         r"""Evaluates the field.
 
         Args:
@@ -85,13 +85,17 @@ class VectorField(torch.nn.Module):
             edge_index (torch.Tensor, optional): A precomputed fully
                 connected graph (radius graphs are always rebuilt from
                 :obj:`pos`).
+            context (torch.Tensor, optional): Fixed node inputs
+                :obj:`[N, C]` of a conditional flow, passed on to the
+                dynamics as :obj:`context`.
 
         Returns:
             :obj:`(dpos_dt, dh_dt)`.
         """
         if edge_index is None or self.graph != 'full':
             edge_index = self.edge_index(pos, batch, num_graphs)
-        dpos, dh = self.dynamics(t, pos, h, edge_index, batch)
+        kwargs = {} if context is None else dict(context=context)
+        dpos, dh = self.dynamics(t, pos, h, edge_index, batch, **kwargs)
         return center_pos(dpos, batch, num_graphs), dh
 
     def extra_repr(self) -> str:

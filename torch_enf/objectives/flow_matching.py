@@ -64,7 +64,9 @@ class FlowMatching(Objective):
     The model must provide :obj:`flow_inputs(data)`, :obj:`velocity(t, pos,
     h, batch, num_graphs)` and :obj:`sample_base(batch, num_graphs,
     generator)`, as :class:`~torch_enf.flows.ENFlow` and
-    :class:`~torch_enf.flows.MoleculeFlow` do. For a molecule model the
+    :class:`~torch_enf.flows.MoleculeFlow` do (a conditional flow's node
+    inputs, :obj:`FlowInputs.context`, are passed on as :obj:`context`).
+    For a molecule model the
     flow is matched on the continuous features its dequantiser draws; the
     dequantiser is not trained, so it must have no parameters (use
     :obj:`dequantizer="uniform"`, for which :math:`\log q = 0` and
@@ -164,7 +166,10 @@ def flow_matching_loss(model: torch.nn.Module, inputs: FlowInputs,
         pos_t = pos_t + sigma * center_pos(eps_pos, batch, num_graphs)
         h_t = h_t + sigma * eps_h
     with inputs_checked():  # flow_inputs checked the data
-        v_pos, v_h = model.velocity(t_node, pos_t, h_t, batch, num_graphs)
+        conditional = {} if inputs.context is None else dict(
+            context=inputs.context)
+        v_pos, v_h = model.velocity(t_node, pos_t, h_t, batch, num_graphs,
+                                    **conditional)
     sq_error = (v_pos - (z_pos - inputs.pos)).pow(2).sum(-1) + \
         (v_h - (z_h - inputs.h)).pow(2).sum(-1)
     sizes = graph_sizes(batch, num_graphs).to(sq_error.dtype)

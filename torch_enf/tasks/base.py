@@ -52,6 +52,11 @@ class DataConfig(Config):
                 raise ValueError(f'{name} must be positive (got {value})')
 
 
+ATOM_TYPE_MODELS = ('flow', 'composition')
+r"""How a molecule model treats the atom types, see
+:class:`ModelOptions`."""
+
+
 @dataclass(frozen=True)
 class ModelOptions(Config):
     r"""The architecture of a task's model, before the data fixes its
@@ -59,8 +64,14 @@ class ModelOptions(Config):
     :class:`~torch_enf.flows.ENFlowConfig` and
     :class:`~torch_enf.flows.MoleculeFlowConfig`. :obj:`graph` is
     :obj:`"full"`, a cutoff radius, or :obj:`"auto"`: the task's choice for
-    the size of its graphs (see :meth:`Task.graph`). The dequantiser, class
-    margin and ActNorm apply to molecule models only."""
+    the size of its graphs (see :meth:`Task.graph`). :obj:`atom_types`,
+    the dequantiser, the class margin and ActNorm apply to molecule models
+    only: :obj:`"flow"` carries dequantised atom types and charges in the
+    flow (:class:`~torch_enf.flows.MoleculeFlow`, the E-NF paper's model),
+    :obj:`"composition"` draws the composition from the training
+    formulas and the positions from a flow conditioned on the types
+    (:class:`~torch_enf.flows.CompositionFlow`; no dequantiser, class
+    margin or ActNorm)."""
     hidden_channels: int = 64
     num_layers: int = 6
     num_radial: int = 0
@@ -70,6 +81,7 @@ class ModelOptions(Config):
     dequantizer: str = 'argmax'
     class_margin: float = 0.0
     actnorm: bool = False
+    atom_types: str = 'flow'
 
     def __post_init__(self):
         for name in ('hidden_channels', 'num_layers', 'radial_cutoff'):
@@ -86,6 +98,14 @@ class ModelOptions(Config):
         if not self.class_margin >= 0:
             raise ValueError(f'class_margin must be non-negative (got '
                              f'{self.class_margin})')
+        if self.atom_types not in ATOM_TYPE_MODELS:
+            raise ValueError(f'atom_types must be one of {ATOM_TYPE_MODELS} '
+                             f'(got {self.atom_types!r})')
+        if self.atom_types == 'composition' and (self.class_margin > 0 or
+                                                 self.actnorm):
+            raise ValueError("class_margin and actnorm apply to "
+                             "atom_types='flow' (the composition model "
+                             "has no dequantised types)")
 
 
 @dataclass(frozen=True)

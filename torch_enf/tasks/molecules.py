@@ -6,14 +6,15 @@ positions, judged by the NLL bound and the stability, validity, uniqueness
 and novelty of samples) and :obj:`molecules`, the same model on the user's
 own molecules (:obj:`.sdf`, :obj:`.xyz`, :obj:`.npz`)."""
 import os.path as osp
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch_geometric.data import Batch, Data, Dataset
 
 from torch_enf.datasets import QM9, MoleculeDataset
 from torch_enf.datasets.molecules import node_features
-from torch_enf.flows import (ENFlowConfig, MoleculeFlow,
+from torch_enf.flows import (CompositionDistribution, CompositionFlow,
+                             ENFlow, ENFlowConfig, MoleculeFlow,
                              MoleculeFlowConfig, NodeCountDistribution)
 from torch_enf.io import read_molecules, write_sdf, write_xyz
 from torch_enf.tasks.base import (DataConfig, EvaluationConfig,
@@ -103,17 +104,32 @@ class MoleculeTask(Task):
     atomic_numbers: Sequence[int] = ()
 
     def build_model(self, options: ModelOptions, splits: Splits
-                    ) -> MoleculeFlow:
+                    ) -> Union[MoleculeFlow, CompositionFlow]:
+        r"""A :class:`MoleculeFlow`, or with :obj:`options.atom_types`
+        :obj:`"composition"` a :class:`CompositionFlow`, whose
+        :math:`p(M)` (and compositions) come from the whole training
+        split."""
         train = splits.train
         sizes = _split_sizes(train)
         node_count = NodeCountDistribution.from_num_nodes(sizes)
-        channels = len(self.atomic_numbers) + 1
+        num_classes = len(self.atomic_numbers)
+        composition = options.atom_types == 'composition'
         flow = ENFlowConfig(
-            3, channels, options.hidden_channels, options.num_layers,
+            3, 0 if composition else num_classes + 1,
+            options.hidden_channels, options.num_layers,
             num_radial=options.num_radial,
             radial_cutoff=options.radial_cutoff,
             graph=self.graph(options, int(sizes.max())),
-            adjoint=options.adjoint)
+            adjoint=options.adjoint,
+            context_channels=num_classes if composition else 0)
+        if composition:
+            types = _split_types(train, num_classes)
+            batch = torch.repeat_interleave(
+                torch.arange(sizes.numel()), sizes)
+            return CompositionFlow(
+                node_count, CompositionDistribution.from_types(
+                    types, batch, num_classes),
+                ENFlow.from_config(flow), self.atomic_numbers)
         config = MoleculeFlowConfig(
             flow=flow, atomic_numbers=tuple(self.atomic_numbers),
             dequantizer=options.dequantizer,
@@ -291,6 +307,12 @@ def _split_sizes(dataset: Dataset) -> torch.Tensor:
     r"""The atom counts of the whole split under :obj:`dataset` (a subset
     of it included), so that :math:`p(M)` knows every size of the split."""
     return torch.diff(dataset.slices['pos'])
+
+
+def _split_types(dataset: Dataset, num_classes: int) -> torch.Tensor:
+    r"""The atom type of every atom of the whole split under
+    :obj:`dataset`, in the order of :func:`_split_sizes`."""
+    return dataset._data.h[:, :num_classes].argmax(-1)
 
 
 def _read_molecule_file(path: str,
