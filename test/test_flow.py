@@ -746,8 +746,8 @@ def test_model_from_config_rebuilds_a_flow(generator):
     torch.testing.assert_close(again.log_prob(data), flow.log_prob(data),
                                rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"Unknown flow model 'gnf' "
-                       r"\(expected one of \['conformer-flow', 'enflow', "
-                       r"'molecule-flow'\]"):
+                       r"\(expected one of \['composition-flow', "
+                       r"'conformer-flow', 'enflow', 'molecule-flow'\]"):
         model_from_config(dict(name='gnf', config={}))
     with pytest.raises(ValueError, match='Unknown flow model class'):
         model_config(torch.nn.Linear(2, 2))
