@@ -102,6 +102,36 @@ def test_user_molecules_train_sample_and_score(molecule_run, tmp_path,
     assert (tmp_path / 'mols.png').read_bytes()[:4] == b'\x89PNG'
 
 
+def test_composition_model_on_user_molecules(molecule_file, tmp_path,
+                                             capsys):
+    Chem = pytest.importorskip('rdkit.Chem')
+    run = tmp_path / 'run'
+    assert run_cli('train', 'molecules', '--data', molecule_file, '--root',
+                   tmp_path / 'data', '--out', run, '--atom-types',
+                   'composition', *TINY) == 0
+    flow = load_pretrained(run)
+    assert type(flow).__name__ == 'CompositionFlow'
+    sdf = tmp_path / 'mols.sdf'
+    assert run_cli('sample', run, '-n', 12, '-o', sdf, '--no-progress') == 0
+    read = list(Chem.SDMolSupplier(str(sdf), removeHs=False,
+                                   sanitize=False))
+    # Every sampled formula is one of the eight training molecules'.
+    formulas = {Chem.rdMolDescriptors.CalcMolFormula(
+        Chem.AddHs(Chem.MolFromSmiles(smiles))) for smiles in SMILES}
+    assert len(read) == 12
+    assert {Chem.rdMolDescriptors.CalcMolFormula(mol)
+            for mol in read} <= formulas
+    assert run_cli('logprob', run, sdf, '--no-progress') == 0
+    with open(tmp_path / 'mols.logprob.csv') as f:
+        values = [float(row['log_prob']) for row in csv.DictReader(f)]
+    assert len(values) == 12 and all(np.isfinite(values))
+    capsys.readouterr()  # the class margin needs flowed types
+    assert run_cli('train', 'molecules', '--data', molecule_file,
+                   '--atom-types', 'composition', '--class-margin', 1,
+                   *TINY) == 2
+    assert "apply to atom_types='flow'" in capsys.readouterr().err
+
+
 def test_logprob_agrees_with_the_model(points_run, tmp_path):
     positions = torch.randn(6, 4, 2, generator=torch.Generator()
                             .manual_seed(2))

@@ -316,17 +316,21 @@ r"""Task defaults named by configuration field whose flag differs."""
 def _task_defaults(argv: List[str]) -> Dict[str, Any]:
     r"""The defaults of :obj:`torch-enf train TASK [--objective O]
     [--quick]`: the task's (and its :obj:`--quick` preset), by flag name,
-    so that flags given explicitly win."""
+    so that flags given explicitly win; with :obj:`--atom-types
+    composition`, without the task's class margin."""
     from torch_enf.tasks import TASKS, get_task
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument('command')
     first.add_argument('task', nargs='?')
     first.add_argument('--objective', default='fm')
     first.add_argument('--quick', action='store_true')
+    first.add_argument('--atom-types', default='flow')
     known = first.parse_known_args(argv)[0]
     if known.command != 'train' or known.task not in TASKS:
         return {}
     defaults = get_task(known.task).defaults(known.objective, known.quick)
+    if known.atom_types == 'composition':  # no dequantised types to space
+        defaults.pop('class_margin', None)
     return {TASK_DEFAULT_NAMES.get(key, key): value
             for key, value in defaults.items()}
 
