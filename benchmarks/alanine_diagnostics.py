@@ -23,7 +23,6 @@ from typing import Dict, List
 
 import torch
 
-from bench_sampling import solver_of
 from torch_enf.flows import SolverOptions
 from torch_enf.pretrained import load_model
 from torch_enf.storage import atomic_save
@@ -66,7 +65,7 @@ def sampler_errors(loaded, args) -> List[Dict]:
     for setting in args.samplers:
         start = time.perf_counter()
         samples, log_q = loaded.model.sample_with_log_prob(
-            args.num_log_q, 22, solver=solver_of(setting),
+            args.num_log_q, 22, solver=SolverOptions.parse(setting),
             generator=torch.Generator().manual_seed(args.seed))
         seconds = time.perf_counter() - start
         with torch.no_grad():

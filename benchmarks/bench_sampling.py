@@ -34,25 +34,14 @@ SETTINGS = ['euler:20', 'euler:50', 'midpoint:10', 'midpoint:25',
             'midpoint:50', 'rk4:10', 'rk4:25', 'dopri5:1e-3', 'dopri5:1e-5']
 
 
-def solver_of(setting: str) -> SolverOptions:
-    r"""The solver of a setting: :obj:`"dopri5:TOL"`, or
-    :obj:`"METHOD:STEPS"` with an optional step exponent
-    (:obj:`"midpoint:25:2"`, see :class:`SolverOptions`)."""
-    method, value, *exponent = setting.split(':')
-    if method == 'dopri5':
-        return SolverOptions(method, rtol=float(value), atol=float(value))
-    return SolverOptions(method, num_steps=int(value),
-                         step_exponent=float(exponent[0]) if exponent
-                         else 1.0)
-
-
 def measure(model: torch.nn.Module, setting: str, num: int,
             batch_size: int, seed: int, temperature: float = 1.0) -> Dict:
     generator = torch.Generator().manual_seed(seed)
     counter = EvaluationCount()
     start = time.perf_counter()
     samples = model.sample(num, generator=generator, batch_size=batch_size,
-                           temperature=temperature, solver=solver_of(setting),
+                           temperature=temperature,
+                           solver=SolverOptions.parse(setting),
                            counter=counter)
     seconds = time.perf_counter() - start
     num_solves = -(-num // (batch_size or num))

@@ -13,6 +13,7 @@ import argparse
 import json
 import os.path as osp
 
+from torch_enf.flows import SolverOptions
 from torch_enf.pretrained import WEIGHTS_DIR, load_model
 from torch_enf.storage import save_model
 
@@ -60,10 +61,7 @@ def main() -> None:
     found = load_model(args.run)
     card['sampler'] = found.sampler.to_dict()
     if args.sampler:
-        method, steps, *exponent = args.sampler.split(':')
-        card['sampler'] = found.sampler.replace(
-            method=method, num_steps=int(steps),
-            step_exponent=float(exponent[0]) if exponent else 1.0).to_dict()
+        card['sampler'] = SolverOptions.parse(args.sampler).to_dict()
     path = WEIGHTS_DIR / f'{args.name}.pt'
     save_model(found.model, str(path), found.task.state(), card)
     print(f'{path} ({osp.getsize(path) / 1024:.0f} KiB)')

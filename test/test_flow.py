@@ -475,6 +475,19 @@ def test_solver_options_are_checked_when_built():
         ENFlow(2, rtol=1e-4)  # solver options are per call
 
 
+def test_solver_options_parse_their_short_spelling():
+    assert SolverOptions.parse('dopri5:1e-4') == SolverOptions(
+        'dopri5', rtol=1e-4, atol=1e-4)
+    assert SolverOptions.parse('midpoint:10') == SolverOptions(
+        'midpoint', num_steps=10)
+    assert SolverOptions.parse('rk4:5:1.5') == SolverOptions(
+        'rk4', num_steps=5, step_exponent=1.5)
+    for spec in ('midpoint', 'midpoint:ten', 'dopri5:1e-4:2', 'rk5:10',
+                 'euler:0', 'midpoint:10:0'):
+        with pytest.raises(ValueError, match=f"Solver '{spec}'"):
+            SolverOptions.parse(spec)
+
+
 @pytest.mark.parametrize('method,stages', [('euler', 1), ('midpoint', 2),
                                            ('rk4', 4)])
 def test_fixed_step_solvers_take_num_steps(generator, method, stages):

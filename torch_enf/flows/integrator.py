@@ -134,6 +134,35 @@ class SolverOptions(Config):
                              f"[0, 1])")
         check_positive_integer(self.num_steps, 'num_steps')
 
+    @classmethod
+    def parse(cls, spec: str) -> 'SolverOptions':
+        r"""A solver from its short spelling, as the benchmarks and model
+        cards write them: :obj:`"METHOD:TOL"` for an adaptive solver (both
+        tolerances, *e.g.* :obj:`"dopri5:1e-5"`) and
+        :obj:`"METHOD:STEPS[:EXPONENT]"` for a fixed-step one (*e.g.*
+        :obj:`"midpoint:10:1.5"`, see :obj:`step_exponent`).
+
+        Raises:
+            ValueError: Naming the spelling, if it does not parse or
+                describes no valid solver.
+        """
+        method, *values = str(spec).split(':')
+        adaptive = method in ADAPTIVE_SOLVERS
+        try:
+            if adaptive and len(values) == 1:
+                return cls(method, rtol=float(values[0]),
+                           atol=float(values[0]))
+            if not adaptive and len(values) in (1, 2):
+                return cls(method, num_steps=int(values[0]),
+                           step_exponent=float(values[1]) if len(values) == 2
+                           else 1.0)
+        except ValueError as error:
+            raise ValueError(f'Solver {spec!r}: {error}') from None
+        raise ValueError(f"Solver {spec!r}: expected 'METHOD:TOL' for an "
+                         f"adaptive solver {ADAPTIVE_SOLVERS} or "
+                         f"'METHOD:STEPS[:EXPONENT]' for a fixed-step one "
+                         f"{FIXED_STEP_SOLVERS}")
+
     @property
     def adaptive(self) -> bool:
         r"""Whether the solver chooses its own steps."""
