@@ -1,6 +1,6 @@
 r"""The one table of chemical elements used by the data sets, the molecule
 flow, the bond metrics, the file readers and writers, and the pictures."""
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 SYMBOLS: Tuple[str, ...] = (
     'H', 'He', 'Li', 'Be', 'B', 'C', 'N', 'O', 'F', 'Ne', 'Na', 'Mg', 'Al',
@@ -136,3 +136,20 @@ def atomic_number(symbol: str) -> int:
 
 
 _LOWER_CASE = {symbol.lower(): z for symbol, z in ATOMIC_NUMBERS.items()}
+
+
+def atomic_number_tuple(value: Any, name: str = 'atomic_numbers'
+                        ) -> Tuple[int, ...]:
+    r"""The element set :obj:`value` (a sequence of atomic numbers) as a
+    tuple, checked to be a non-empty sequence of positive integers, as the
+    molecule models' configurations store it.
+
+    Raises:
+        ValueError: Naming :obj:`name` and the value.
+    """
+    numbers = tuple(value)
+    if not numbers or not all(isinstance(z, int) and not isinstance(z, bool)
+                              and z > 0 for z in numbers):
+        raise ValueError(f"'{name}' must be positive integers (got "
+                         f"{value!r})")
+    return numbers

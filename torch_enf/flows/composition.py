@@ -14,7 +14,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from torch_enf.config import Config
-from torch_enf.elements import QM9_ATOMIC_NUMBERS
+from torch_enf.elements import QM9_ATOMIC_NUMBERS, atomic_number_tuple
 from torch_enf.flows.enflow import (ENFlow, ENFlowConfig, FlowInputs,
                                     FlowResult, NumNodes, check_graph_sizes,
                                     sample_sizes, stored_graph_sizes)
@@ -248,18 +248,13 @@ class CompositionFlowConfig(Config):
         if not isinstance(self.flow, ENFlowConfig):
             raise ValueError(f"'flow' must be an ENFlowConfig (got "
                              f"{type(self.flow).__name__})")
-        for name in ('max_num_nodes', 'num_compositions'):
+        for name, least in (('max_num_nodes', 2), ('num_compositions', 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or \
-                    value < 1:
-                raise ValueError(f"'{name}' must be a positive integer "
-                                 f"(got {value!r})")
-        atomic_numbers = tuple(self.atomic_numbers)
-        if not atomic_numbers or not all(
-                isinstance(z, int) and not isinstance(z, bool) and z > 0
-                for z in atomic_numbers):
-            raise ValueError(f"'atomic_numbers' must be positive integers "
-                             f"(got {self.atomic_numbers!r})")
+                    value < least:
+                raise ValueError(f"'{name}' must be an integer of at least "
+                                 f"{least} (got {value!r})")
+        atomic_numbers = atomic_number_tuple(self.atomic_numbers)
         object.__setattr__(self, 'atomic_numbers', atomic_numbers)
         if self.flow.node_channels != 0 or \
                 self.flow.context_channels != len(atomic_numbers):

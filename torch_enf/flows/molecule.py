@@ -7,7 +7,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from torch_enf.config import Config
-from torch_enf.elements import QM9_ATOMIC_NUMBERS
+from torch_enf.elements import QM9_ATOMIC_NUMBERS, atomic_number_tuple
 from torch_enf.flows.actnorm import ActNorm
 from torch_enf.flows.dequantization import (DEQUANTIZERS, Dequantizer,
                                             ThresholdDequantizer)
@@ -75,12 +75,7 @@ class MoleculeFlowConfig(Config):
                 self.max_num_nodes < 2:
             raise ValueError(f"'max_num_nodes' must be an integer of at "
                              f"least 2 (got {self.max_num_nodes!r})")
-        atomic_numbers = tuple(self.atomic_numbers)
-        if not atomic_numbers or not all(
-                isinstance(z, int) and not isinstance(z, bool) and z > 0
-                for z in atomic_numbers):
-            raise ValueError(f"'atomic_numbers' must be positive integers "
-                             f"(got {self.atomic_numbers!r})")
+        atomic_numbers = atomic_number_tuple(self.atomic_numbers)
         object.__setattr__(self, 'atomic_numbers', atomic_numbers)
         _check_dequantizer(self.dequantizer, self.dequantizer_margin)
         channels = len(atomic_numbers) + 1
