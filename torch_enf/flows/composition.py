@@ -19,6 +19,7 @@ from torch_enf.flows.enflow import (ENFlow, ENFlowConfig, FlowInputs,
                                     FlowResult, NumNodes, check_graph_sizes,
                                     sample_sizes, stored_graph_sizes)
 from torch_enf.flows.integrator import EvaluationCount, SolverOptions
+from torch_enf.flows.molecule import molecule_batch
 from torch_enf.flows.node_count import NodeCountDistribution
 from torch_enf.utils import (check_batch_vector, check_positive_integer,
                              default_batch, graph_sizes)
@@ -347,9 +348,8 @@ class CompositionFlow(torch.nn.Module):
                              f"{type(config).__name__})")
         num_classes = len(config.atomic_numbers)
         if node_count is None:
-            histogram = torch.zeros(config.max_num_nodes + 1)
-            histogram[2:] = 1.0
-            node_count = NodeCountDistribution(histogram)
+            node_count = NodeCountDistribution.placeholder(
+                config.max_num_nodes)
         if composition is None:
             composition = CompositionDistribution(
                 torch.zeros(config.num_compositions, num_classes),
@@ -488,12 +488,7 @@ class CompositionFlow(torch.nn.Module):
         z = self.atomic_numbers[types.to(self.atomic_numbers.device)]
         h = torch.cat([self._one_hot(types).to(pos.dtype),
                        z[:, None].to(pos.dtype)], dim=-1)
-        split = torch.as_tensor(sizes).tolist()
-        return Batch.from_data_list([
-            Data(pos=p, h=f, z=a)
-            for p, f, a in zip(pos.split(split), h.split(split),
-                               z.split(split))
-        ])
+        return molecule_batch(pos, h, z, sizes)
 
     def _one_hot(self, types: Tensor) -> Tensor:
         return torch.nn.functional.one_hot(

@@ -230,9 +230,8 @@ class MoleculeFlow(torch.nn.Module):
             raise ValueError(f"'config' must be a MoleculeFlowConfig (got "
                              f"{type(config).__name__})")
         if node_count is None:
-            histogram = torch.zeros(config.max_num_nodes + 1)
-            histogram[2:] = 1.0
-            node_count = NodeCountDistribution(histogram)
+            node_count = NodeCountDistribution.placeholder(
+                config.max_num_nodes)
         elif node_count.max_nodes != config.max_num_nodes:
             raise ValueError(f"'node_count' has support up to "
                              f"{node_count.max_nodes} atoms, the config "
@@ -437,15 +436,7 @@ class MoleculeFlow(torch.nn.Module):
             pos, h_flow = self.actnorm.inverse(pos, h_flow)
         h = self.dequantizer.inverse(h_flow * self.feature_scale)
         z = self.atomic_numbers[h[:, :len(self.atomic_numbers)].argmax(-1)]
-        split = torch.as_tensor(sizes).tolist()
-        if sum(split) != pos.size(0):
-            raise ValueError(f"'sizes' add up to {sum(split)} atoms, but "
-                             f"'pos' holds {pos.size(0)}")
-        return Batch.from_data_list([
-            Data(pos=p, h=f, z=a)
-            for p, f, a in zip(pos.split(split), h.split(split),
-                               z.split(split))
-        ])
+        return molecule_batch(pos, h, z, sizes)
 
     def _transform(self, data: Batch, actnorm: bool = True) -> _Transformed:
         r"""Dequantises, scales and (with :obj:`actnorm`) normalises the
@@ -488,6 +479,22 @@ class MoleculeFlow(torch.nn.Module):
         return (f'{self.__class__.__name__}(flow={self.flow}, dequantizer='
                 f'{self.dequantizer.__class__.__name__}, actnorm='
                 f'{self.actnorm is not None})')
+
+
+def molecule_batch(pos: Tensor, h: Tensor, z: Tensor,
+                   sizes: Union[Tensor, Sequence[int]]) -> Batch:
+    r"""A batch of molecules with :obj:`pos`, discrete features :obj:`h`
+    and atomic numbers :obj:`z` from node-wise tensors and the number of
+    atoms of each molecule, in order (what the molecule models'
+    :meth:`sample` return)."""
+    split = torch.as_tensor(sizes).tolist()
+    if sum(split) != pos.size(0):
+        raise ValueError(f"'sizes' add up to {sum(split)} atoms, but "
+                         f"'pos' holds {pos.size(0)}")
+    return Batch.from_data_list([
+        Data(pos=p, h=f, z=a)
+        for p, f, a in zip(pos.split(split), h.split(split), z.split(split))
+    ])
 
 
 def _check_dequantizer(name: str, margin: float) -> None:

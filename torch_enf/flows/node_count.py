@@ -70,6 +70,16 @@ class NodeCountDistribution(torch.nn.Module):
         return cls.from_num_nodes((data.num_nodes for data in dataset),
                                   smoothing=smoothing)
 
+    @classmethod
+    def placeholder(cls, max_nodes: int) -> 'NodeCountDistribution':
+        r"""A stand-in of support up to :obj:`max_nodes`, uniform over 2 to
+        :obj:`max_nodes` nodes, for a model rebuilt from its configuration
+        whose :meth:`load_state_dict` then sets the trained
+        probabilities."""
+        histogram = torch.zeros(max_nodes + 1)
+        histogram[2:] = 1.0
+        return cls(histogram)
+
     @property
     def max_nodes(self) -> int:
         r"""The largest node count of the support."""
