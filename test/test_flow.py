@@ -764,3 +764,36 @@ def test_model_from_config_rebuilds_a_flow(generator):
         model_from_config(dict(name='gnf', config={}))
     with pytest.raises(ValueError, match='Unknown flow model class'):
         model_config(torch.nn.Linear(2, 2))
+
+
+def test_flow_models_share_the_flow_model_interface(generator):
+    from torch_enf.flows import FLOW_MODELS, FlowModel, model_config, \
+        model_from_config
+    assert all(issubclass(cls, FlowModel) for cls in FLOW_MODELS.values())
+
+    class Incomplete(FlowModel):
+        def log_prob(self, data, trace='exact', **options):
+            return data.pos.new_zeros(data.num_graphs)
+    with pytest.raises(TypeError, match='abstract'):
+        Incomplete()
+    with pytest.raises(TypeError, match='is not a FlowModel subclass'):
+        FLOW_MODELS.register('linear')(torch.nn.Linear)
+
+    # A user's subclass, registered, is stored and rebuilt under its name.
+    class TemperedFlow(ENFlow):
+        pass
+    FLOW_MODELS.register('tempered-flow')(TemperedFlow)
+    try:
+        flow = TemperedFlow(2, hidden_channels=8, num_layers=1).double()
+        stored = model_config(flow)
+        assert stored['name'] == 'tempered-flow'
+        again = model_from_config(stored).double()
+        assert type(again) is TemperedFlow
+        again.load_state_dict(flow.state_dict())
+        pos, _, batch = mixed_batch([3, 4], 2, generator)
+        data = as_batch(pos, None, batch, 0)
+        # forward is log_prob, for hooks and DistributedDataParallel.
+        torch.testing.assert_close(again(data), flow.log_prob(data),
+                                   rtol=0, atol=0)
+    finally:
+        del FLOW_MODELS['tempered-flow']

@@ -7,7 +7,8 @@ from .integrator import (ADAPTIVE_SOLVERS, DEFAULT_SOLVER, ERROR_NORMS,
                          EvaluationCount,
                          ODESolveError, SolverOptions)
 from .vector_field import VectorField
-from .enflow import ENFlow, ENFlowConfig, FlowInputs, FlowResult
+from .base import FlowInputs, FlowModel
+from .enflow import ENFlow, ENFlowConfig, FlowResult
 from .node_count import NodeCountDistribution
 from .dequantization import (DEQUANTIZERS, ArgmaxDequantizer, Dequantizer,
                              ThresholdDequantizer, UniformDequantizer,
@@ -20,6 +21,7 @@ from .conformer import AtomTypeDynamics, ConformerFlow, ConformerFlowConfig
 from .models import FLOW_MODELS, model_config, model_from_config
 
 __all__ = [
+    'FlowModel',
     'ENFlow',
     'ENFlowConfig',
     'EGNNDynamics',

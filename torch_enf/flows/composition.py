@@ -15,8 +15,9 @@ from torch_geometric.data import Batch, Data
 
 from torch_enf.config import Config
 from torch_enf.elements import QM9_ATOMIC_NUMBERS, atomic_number_tuple
-from torch_enf.flows.enflow import (ENFlow, ENFlowConfig, FlowInputs,
-                                    FlowResult, NumNodes, check_graph_sizes,
+from torch_enf.flows.base import FlowInputs, FlowModel
+from torch_enf.flows.enflow import (ENFlow, ENFlowConfig, FlowResult,
+                                    NumNodes, check_graph_sizes,
                                     sample_sizes, stored_graph_sizes)
 from torch_enf.flows.integrator import EvaluationCount, SolverOptions
 from torch_enf.flows.molecule import molecule_batch
@@ -266,7 +267,7 @@ class CompositionFlowConfig(Config):
                              f"{self.flow.context_channels}")
 
 
-class CompositionFlow(torch.nn.Module):
+class CompositionFlow(FlowModel):
     r"""A molecule model with an exact likelihood that draws the number of
     atoms, then the composition, then the positions:
 
@@ -378,16 +379,6 @@ class CompositionFlow(torch.nn.Module):
     def num_classes(self) -> int:
         r"""The number of atom types :math:`K`."""
         return self.atomic_numbers.numel()
-
-    def forward(self, data: Batch, trace: str = 'exact', *,
-                solver: Optional[SolverOptions] = None,
-                return_regularization: bool = False,
-                counter: Optional[EvaluationCount] = None
-                ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        r"""Alias of :meth:`log_prob`."""
-        return self.log_prob(data, trace, solver=solver,
-                             return_regularization=return_regularization,
-                             counter=counter)
 
     def log_prob(self, data: Batch, trace: str = 'exact', *,
                  solver: Optional[SolverOptions] = None,

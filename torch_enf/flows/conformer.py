@@ -11,7 +11,8 @@ from torch_geometric.data import Batch, Data
 
 from torch_enf.config import Config
 from torch_enf.flows.dynamics import EGNNDynamics
-from torch_enf.flows.enflow import ENFlow, FlowInputs
+from torch_enf.flows.base import FlowInputs
+from torch_enf.flows.enflow import ENFlow
 from torch_enf.utils import check_positive_number, graph_sizes
 
 

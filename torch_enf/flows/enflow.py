@@ -9,6 +9,7 @@ from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
 from torch_enf.config import Config
+from torch_enf.flows.base import FlowInputs, FlowModel
 from torch_enf.flows.distributions import CenteredGaussian, NodeGaussian
 from torch_enf.flows.divergence import sample_probe
 from torch_enf.flows.dynamics import EGNNDynamics
@@ -57,30 +58,6 @@ class FlowResult(NamedTuple):
     regularization: Optional[Tensor]
     batch: Tensor
     num_graphs: int
-
-
-class FlowInputs(NamedTuple):
-    r"""Continuous inputs of a flow at :math:`t = 0`, as returned by
-    :meth:`ENFlow.flow_inputs` (and :meth:`MoleculeFlow.flow_inputs`).
-
-    Attributes:
-        pos (torch.Tensor): Positions centred per graph, :obj:`[N, n]`.
-        h (torch.Tensor): Continuous node features, :obj:`[N, F]`.
-        batch (torch.Tensor): Sorted graph assignment, :obj:`[N]`.
-        num_graphs (int): The number of graphs.
-        node_type (torch.Tensor, optional): An integer class per node that
-            symmetries may not mix (*e.g.* the atom type), :obj:`[N]`, or
-            :obj:`None` when all nodes are alike.
-        context (torch.Tensor, optional): The fixed node inputs
-            :obj:`[N, C]` of a conditional flow (see :obj:`ENFlow`'s
-            :obj:`context_channels`), or :obj:`None`.
-    """
-    pos: Tensor
-    h: Tensor
-    batch: Tensor
-    num_graphs: int
-    node_type: Optional[Tensor] = None
-    context: Optional[Tensor] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +117,7 @@ class ENFlowConfig(Config):
                              f"{self.hutchinson_noise!r})")
 
 
-class ENFlow(torch.nn.Module):
+class ENFlow(FlowModel):
     r"""The E(n) equivariant normalizing flow (E-NF) from the
     `"E(n) Equivariant Normalizing Flows"
     <https://arxiv.org/abs/2105.09016>`_ paper: a continuous-time flow
@@ -336,18 +313,6 @@ class ENFlow(torch.nn.Module):
         self.vector_field.reset_parameters()
 
     # Public API ------------------------------------------------------------
-
-    def forward(self, data: Union[Data, Batch], trace: str = 'exact', *,
-                solver: Optional[SolverOptions] = None,
-                return_regularization: bool = False,
-                counter: Optional[EvaluationCount] = None
-                ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        r"""Alias of :meth:`log_prob`, so that hooks and
-        :class:`~torch.nn.parallel.DistributedDataParallel` wrap the flow
-        directly."""
-        return self.log_prob(data, trace, solver=solver,
-                             return_regularization=return_regularization,
-                             counter=counter)
 
     def log_prob(self, data: Union[Data, Batch], trace: str = 'exact', *,
                  solver: Optional[SolverOptions] = None,

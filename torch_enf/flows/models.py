@@ -10,21 +10,19 @@ rebuilt by :func:`model_from_config`, whatever its class.
 """
 from typing import Any, Dict
 
-import torch
 
+from torch_enf.flows.base import FlowModel
 from torch_enf.flows.composition import CompositionFlow
 from torch_enf.flows.conformer import ConformerFlow
 from torch_enf.flows.enflow import ENFlow
 from torch_enf.flows.molecule import MoleculeFlow
 from torch_enf.utils import Registry
 
-FLOW_MODELS = Registry(torch.nn.Module, 'flow model')
-r"""The model classes by name: :obj:`"enflow"` (:class:`ENFlow`),
-:obj:`"molecule-flow"` (:class:`MoleculeFlow`), :obj:`"composition-flow"`
-(:class:`CompositionFlow`) and :obj:`"conformer-flow"`
-(:class:`ConformerFlow`). Every entry has a
-:obj:`config_class`, a :meth:`config` method and a :meth:`from_config`
-class method."""
+FLOW_MODELS = Registry(FlowModel, 'flow model')
+r"""The :class:`FlowModel` classes by name: :obj:`"enflow"`
+(:class:`ENFlow`), :obj:`"molecule-flow"` (:class:`MoleculeFlow`),
+:obj:`"composition-flow"` (:class:`CompositionFlow`) and
+:obj:`"conformer-flow"` (:class:`ConformerFlow`)."""
 
 FLOW_MODELS.register('enflow')(ENFlow)
 FLOW_MODELS.register('molecule-flow')(MoleculeFlow)
@@ -32,7 +30,7 @@ FLOW_MODELS.register('composition-flow')(CompositionFlow)
 FLOW_MODELS.register('conformer-flow')(ConformerFlow)
 
 
-def model_config(model: torch.nn.Module) -> Dict[str, Any]:
+def model_config(model: FlowModel) -> Dict[str, Any]:
     r"""The registered name of :obj:`model`'s class and its configuration
     as plain JSON-able data, :obj:`dict(name=..., config=...)`.
 
@@ -51,7 +49,7 @@ def model_config(model: torch.nn.Module) -> Dict[str, Any]:
     return dict(name=name, config=model.config().to_dict())
 
 
-def model_from_config(stored: Dict[str, Any]) -> torch.nn.Module:
+def model_from_config(stored: Dict[str, Any]) -> FlowModel:
     r"""The model described by :obj:`stored`, as written by
     :func:`model_config`, with fresh parameters: load its state dict
     next.

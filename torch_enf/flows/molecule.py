@@ -11,8 +11,9 @@ from torch_enf.elements import QM9_ATOMIC_NUMBERS, atomic_number_tuple
 from torch_enf.flows.actnorm import ActNorm
 from torch_enf.flows.dequantization import (DEQUANTIZERS, Dequantizer,
                                             ThresholdDequantizer)
-from torch_enf.flows.enflow import (ENFlow, ENFlowConfig, FlowInputs,
-                                    FlowResult, NumNodes, check_graph_sizes,
+from torch_enf.flows.base import FlowInputs, FlowModel
+from torch_enf.flows.enflow import (ENFlow, ENFlowConfig, FlowResult,
+                                    NumNodes, check_graph_sizes,
                                     stored_graph_sizes)
 from torch_enf.flows.integrator import EvaluationCount, SolverOptions
 from torch_enf.flows.node_count import NodeCountDistribution
@@ -94,7 +95,7 @@ class MoleculeFlowConfig(Config):
                              f"{self.flow.node_channels}")
 
 
-class MoleculeFlow(torch.nn.Module):
+class MoleculeFlow(FlowModel):
     r"""The molecule model of the `"E(n) Equivariant Normalizing Flows"
     <https://arxiv.org/abs/2105.09016>`_ paper: a joint distribution of the
     number of atoms :math:`M`, the atom types and charges :math:`\mathbf{h}`
@@ -268,18 +269,6 @@ class MoleculeFlow(torch.nn.Module):
         r"""The feature width :math:`F`."""
         return self.dequantizer.channels
 
-    def forward(self, data: Batch, trace: str = 'exact', *,
-                solver: Optional[SolverOptions] = None,
-                return_regularization: bool = False,
-                counter: Optional[EvaluationCount] = None
-                ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        r"""Alias of :meth:`log_prob` (so that
-        :class:`~torch.nn.parallel.DistributedDataParallel` can wrap the
-        model)."""
-        return self.log_prob(data, trace, solver=solver,
-                             return_regularization=return_regularization,
-                             counter=counter)
-
     def log_prob(self, data: Batch, trace: str = 'exact', *,
                  solver: Optional[SolverOptions] = None,
                  return_regularization: bool = False,
@@ -349,10 +338,11 @@ class MoleculeFlow(torch.nn.Module):
                           x.batch, x.num_graphs, x.atom_class)
 
     def velocity(self, t: Tensor, pos: Tensor, h: Tensor, batch: Tensor,
-                 num_graphs: int) -> Tuple[Tensor, Tensor]:
+                 num_graphs: int, context: Optional[Tensor] = None
+                 ) -> Tuple[Tensor, Tensor]:
         r"""The vector field of the inner flow, see
         :meth:`ENFlow.velocity`."""
-        return self.flow.velocity(t, pos, h, batch, num_graphs)
+        return self.flow.velocity(t, pos, h, batch, num_graphs, context)
 
     def sample_base(self, batch: Tensor, num_graphs: int,
                     generator: Optional[torch.Generator] = None

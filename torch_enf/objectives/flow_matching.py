@@ -4,7 +4,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from torch_enf.flows.enflow import FlowInputs
+from torch_enf.flows.base import FlowInputs
 from torch_enf.objectives.alignment import align_base_samples, match_graphs
 from torch_enf.objectives.base import Objective, register_objective
 from torch_enf.utils import (center_pos, check_non_negative_number,
@@ -63,9 +63,9 @@ class FlowMatching(Objective):
 
     The model must provide :obj:`flow_inputs(data)`, :obj:`velocity(t, pos,
     h, batch, num_graphs)` and :obj:`sample_base(batch, num_graphs,
-    generator)`, as :class:`~torch_enf.flows.ENFlow` and
-    :class:`~torch_enf.flows.MoleculeFlow` do (a conditional flow's node
-    inputs, :obj:`FlowInputs.context`, are passed on as :obj:`context`).
+    generator)`, as every :class:`~torch_enf.flows.FlowModel` does (a
+    conditional flow's node inputs, :obj:`FlowInputs.context`, are passed
+    on as :obj:`context`).
     For a molecule model the
     flow is matched on the continuous features its dequantiser draws; the
     dequantiser is not trained, so it must have no parameters (use
@@ -181,8 +181,8 @@ def _check_model(model: torch.nn.Module) -> None:
     missing = [name for name in ('flow_inputs', 'velocity', 'sample_base')
                if not callable(getattr(model, name, None))]
     if missing:
-        raise TypeError(f"Flow matching needs a model with {missing} (such "
-                        f"as ENFlow or MoleculeFlow); got "
+        raise TypeError(f"Flow matching needs a model with {missing} (a "
+                        f"FlowModel such as ENFlow or MoleculeFlow); got "
                         f"{type(model).__name__}")
     dequantizer = getattr(model, 'dequantizer', None)
     if dequantizer is not None and getattr(dequantizer, 'trainable', False):
