@@ -42,7 +42,8 @@ from torch_geometric.loader import DataLoader
 from torch_enf.datasets import NBody
 from torch_enf.io import atomic_path
 from torch_enf.nn.models import EGNNDynamicsPredictor, GNNDynamicsPredictor
-from torch_enf.training import LR_SCHEDULES, LRSchedule
+from torch_enf.training import (LR_SCHEDULES, ExponentialMovingAverage,
+                                LRSchedule)
 
 MODELS = {'egnn': EGNNDynamicsPredictor, 'gnn': GNNDynamicsPredictor}
 LEARNING_RATES = {'egnn': 5e-4, 'gnn': 1e-3}  # the official README's
@@ -65,6 +66,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         default='constant',
                         help='the paper keeps the rate constant')
     parser.add_argument('--weight-decay', type=float, default=1e-12)
+    parser.add_argument('--ema', type=float, default=None, metavar='DECAY',
+                        help='validate, test and save an exponential moving '
+                        'average of the weights with this decay (the paper '
+                        'uses the raw weights)')
     parser.add_argument('--hidden-channels', type=int, default=64)
     parser.add_argument('--num-layers', type=int, default=4)
     parser.add_argument('--eval-every', type=int, default=5,
@@ -87,6 +92,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.lr = LEARNING_RATES[args.model]
     if args.lr <= 0 or args.weight_decay < 0:
         parser.error('--lr must be positive and --weight-decay at least 0')
+    if args.ema is not None and not 0 < args.ema < 1:
+        parser.error(f'--ema must lie in (0, 1) (got {args.ema})')
     return args
 
 
@@ -106,11 +113,13 @@ def evaluate(model: torch.nn.Module, loader: DataLoader,
 
 def train_epoch(model: torch.nn.Module, loader: DataLoader,
                 optimizer: torch.optim.Optimizer, schedule: LRSchedule,
-                step: int, start: float, device: torch.device) -> float:
+                step: int, start: float, device: torch.device,
+                ema: Optional[ExponentialMovingAverage] = None) -> float:
     r"""One pass over the training split, the learning rate of each step
     set by :obj:`schedule` from the steps taken before it (:obj:`step` at
-    the start of the epoch) and the seconds since :obj:`start`; returns the
-    mean batch loss."""
+    the start of the epoch) and the seconds since :obj:`start`, the moving
+    average :obj:`ema` (if any) updated after every step; returns the mean
+    batch loss."""
     model.train()
     losses = []
     for batch in loader:
@@ -121,6 +130,8 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader,
         loss = F.mse_loss(pred, batch.y)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         losses.append(float(loss.detach()))
     return sum(losses) / len(losses)
 
@@ -164,12 +175,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         optimizer, args.lr_schedule,
         total_steps=args.epochs * len(train_loader),
         time_budget=None if budget is None else budget / 3600)
+    ema = None if args.ema is None else ExponentialMovingAverage(model,
+                                                                  args.ema)
+    evaluated = model if ema is None else ema.model
     history, best = [], {'valid_mse': float('inf'), 'epoch': None}
-    best_state = model.state_dict()
+    best_state = evaluated.state_dict()
     train_start, epoch, stopped_by = time.perf_counter(), 0, 'epochs'
     while epoch < args.epochs:
         loss = train_epoch(model, train_loader, optimizer, schedule,
-                           epoch * len(train_loader), train_start, device)
+                           epoch * len(train_loader), train_start, device,
+                           ema)
         epoch += 1
         elapsed = time.perf_counter() - train_start
         # Stop when one more epoch of the mean length would pass the budget.
@@ -177,12 +192,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
             elapsed * (epoch + 1) / epoch > budget
         if epoch % args.eval_every == 0 or epoch == args.epochs or \
                 out_of_time:
-            valid_mse = evaluate(model, valid_loader, device)
+            valid_mse = evaluate(evaluated, valid_loader, device)
             history.append({'epoch': epoch, 'train_loss': loss,
                             'valid_mse': valid_mse})
             if valid_mse < best['valid_mse']:
                 best = {'valid_mse': valid_mse, 'epoch': epoch}
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(evaluated.state_dict())
             print(f'epoch {epoch}: train {loss:.5f} valid {valid_mse:.5f} '
                   f'(best {best["valid_mse"]:.5f} at {best["epoch"]}), '
                   f'{elapsed:.0f} s', flush=True)
@@ -191,8 +206,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
             break
     train_seconds = time.perf_counter() - train_start
 
-    model.load_state_dict(best_state)
-    test_mse = evaluate(model, test_loader, device)
+    evaluated.load_state_dict(best_state)
+    test_mse = evaluate(evaluated, test_loader, device)
     results = {
         'experiment': 'EGNN paper (Satorras et al. 2021) N-body, Table 2',
         'model': args.model, 'settings': vars(args),

@@ -227,10 +227,49 @@ def test_training_lowers_the_validation_error(tmp_path, model_class):
 def test_example_rejects_bad_input(tmp_path, capsys):
     example = load_example()
     for argv in (['--time-budget', '0'], ['--epochs', '-1'],
-                 ['--num-train', '0'], ['--model', 'mlp']):
+                 ['--num-train', '0'], ['--model', 'mlp'], ['--ema', '1']):
         with pytest.raises(SystemExit):
             example.main(argv + ['--root', str(tmp_path)])
     with pytest.raises(ValueError, match='exceeds'):
         example.main(['--num-train', '5000', '--root', str(tmp_path),
                       '--out', str(tmp_path / 'out')])
     assert not (tmp_path / 'out').exists()
+
+
+def test_example_validates_and_saves_the_moving_average(tmp_path):
+    example = load_example()
+    out = tmp_path / 'out'
+    results = example.main(['--root', str(tmp_path / 'nbody'), '--out',
+                            str(out), '--num-train', '200', '--epochs', '3',
+                            '--eval-every', '1', '--hidden-channels', '8',
+                            '--num-layers', '1', '--ema', '0.9'])
+    model = EGNNDynamicsPredictor(8, 1)
+    model.load_state_dict(torch.load(out / 'model.pt'))
+    test = NBody(str(tmp_path / 'nbody'), 'test')
+    mse = example.evaluate(model, DataLoader(test, 100),
+                           torch.device('cpu'))
+    assert mse == pytest.approx(results['test_mse'], rel=1e-6)
+    assert results['settings']['ema'] == 0.9
+    assert results['best_valid_mse'] == min(
+        record['valid_mse'] for record in results['history'])
+
+
+def test_train_epoch_moves_the_average_after_every_step(tmp_path):
+    from torch_enf.training import ExponentialMovingAverage
+    example = load_example()
+    torch.manual_seed(0)
+    loader = DataLoader(NBody(str(tmp_path), 'train', num_samples=40),
+                        batch_size=10)
+    model = EGNNDynamicsPredictor(8, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = LRSchedule(optimizer, 'constant', total_steps=4)
+    ema = ExponentialMovingAverage(model, 0.5)
+    flat = torch.nn.utils.parameters_to_vector
+    first = flat(model.parameters()).detach().clone()
+    example.train_epoch(model, loader, optimizer, schedule, 0,
+                        time.perf_counter(), torch.device('cpu'), ema)
+    assert ema.num_updates == len(loader) == 4
+    # The average lags behind the trained weights.
+    average, last = flat(ema.model.parameters()), flat(model.parameters())
+    assert 0 < (average - first).norm() < (last - first).norm()
+    assert (average - last).norm() > 0
