@@ -43,7 +43,7 @@ from torch_enf.datasets import NBody
 from torch_enf.io import atomic_path
 from torch_enf.nn.models import EGNNDynamicsPredictor, GNNDynamicsPredictor
 from torch_enf.training import (LR_SCHEDULES, ExponentialMovingAverage,
-                                LRSchedule)
+                                LRSchedule, clip_gradients)
 
 MODELS = {'egnn': EGNNDynamicsPredictor, 'gnn': GNNDynamicsPredictor}
 LEARNING_RATES = {'egnn': 5e-4, 'gnn': 1e-3}  # the official README's
@@ -66,6 +66,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         default='constant',
                         help='the paper keeps the rate constant')
     parser.add_argument('--weight-decay', type=float, default=1e-12)
+    parser.add_argument('--clip', action='store_true',
+                        help='adaptive gradient clipping '
+                        '(torch_enf.training.clip_gradients) against the '
+                        'rare loss spikes that can end a run; the paper '
+                        'does not clip')
     parser.add_argument('--ema', type=float, default=None, metavar='DECAY',
                         help='validate, test and save an exponential moving '
                         'average of the weights with this decay (the paper '
@@ -114,11 +119,14 @@ def evaluate(model: torch.nn.Module, loader: DataLoader,
 def train_epoch(model: torch.nn.Module, loader: DataLoader,
                 optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                 step: int, start: float, device: torch.device,
-                ema: Optional[ExponentialMovingAverage] = None) -> float:
+                ema: Optional[ExponentialMovingAverage] = None,
+                grad_norms: Optional[List[float]] = None) -> float:
     r"""One pass over the training split, the learning rate of each step
     set by :obj:`schedule` from the steps taken before it (:obj:`step` at
     the start of the epoch) and the seconds since :obj:`start`, the moving
-    average :obj:`ema` (if any) updated after every step; returns the mean
+    average :obj:`ema` (if any) updated after every step; with
+    :obj:`grad_norms` (the recent norms, extended in place), gradients are
+    clipped by :func:`~torch_enf.training.clip_gradients`. Returns the mean
     batch loss."""
     model.train()
     losses = []
@@ -129,6 +137,8 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader,
         pred = model(batch.pos, batch.vel, batch.charge, batch.edge_index)
         loss = F.mse_loss(pred, batch.y)
         loss.backward()
+        if grad_norms is not None:
+            clip_gradients(model.parameters(), grad_norms, floor=0.0)
         optimizer.step()
         if ema is not None:
             ema.update(model)
@@ -178,13 +188,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     ema = None if args.ema is None else ExponentialMovingAverage(model,
                                                                   args.ema)
     evaluated = model if ema is None else ema.model
+    grad_norms: Optional[List[float]] = [] if args.clip else None
     history, best = [], {'valid_mse': float('inf'), 'epoch': None}
     best_state = evaluated.state_dict()
     train_start, epoch, stopped_by = time.perf_counter(), 0, 'epochs'
     while epoch < args.epochs:
         loss = train_epoch(model, train_loader, optimizer, schedule,
                            epoch * len(train_loader), train_start, device,
-                           ema)
+                           ema, grad_norms)
         epoch += 1
         elapsed = time.perf_counter() - train_start
         # Stop when one more epoch of the mean length would pass the budget.

@@ -254,7 +254,7 @@ def test_example_validates_and_saves_the_moving_average(tmp_path):
         record['valid_mse'] for record in results['history'])
 
 
-def test_train_epoch_moves_the_average_after_every_step(tmp_path):
+def test_train_epoch_averages_and_clips_every_step(tmp_path):
     from torch_enf.training import ExponentialMovingAverage
     example = load_example()
     torch.manual_seed(0)
@@ -266,9 +266,13 @@ def test_train_epoch_moves_the_average_after_every_step(tmp_path):
     ema = ExponentialMovingAverage(model, 0.5)
     flat = torch.nn.utils.parameters_to_vector
     first = flat(model.parameters()).detach().clone()
+    grad_norms = []
     example.train_epoch(model, loader, optimizer, schedule, 0,
-                        time.perf_counter(), torch.device('cpu'), ema)
+                        time.perf_counter(), torch.device('cpu'), ema,
+                        grad_norms)
     assert ema.num_updates == len(loader) == 4
+    # Clipping recorded the norm of every step.
+    assert len(grad_norms) == 4 and all(n > 0 for n in grad_norms)
     # The average lags behind the trained weights.
     average, last = flat(ema.model.parameters()), flat(model.parameters())
     assert 0 < (average - first).norm() < (last - first).norm()
