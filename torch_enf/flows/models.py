@@ -10,7 +10,6 @@ rebuilt by :func:`model_from_config`, whatever its class.
 """
 from typing import Any, Dict
 
-
 from torch_enf.flows.base import FlowModel
 from torch_enf.flows.composition import CompositionFlow
 from torch_enf.flows.conformer import ConformerFlow
