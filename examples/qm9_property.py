@@ -74,6 +74,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--batch-size', type=int, default=96)
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--weight-decay', type=float, default=1e-16)
+    p.add_argument('--bf16', action='store_true',
+                   help='train under bfloat16 autocast (validation and '
+                   'test stay float32); 1.7-5x faster steps on CPUs with '
+                   'AMX or AVX-512 BF16')
     p.add_argument('--num-train', type=int, default=None,
                    help='random subset of the training split (default: '
                    'all 100,000)')
@@ -177,13 +181,15 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
         valid_loader: DataLoader, index: int, mean: float, mad: float,
         budget_s: float, max_steps: Optional[int] = None, lr: float = 1e-3,
         weight_decay: float = 1e-16, num_evals: int = 20,
-        device: torch.device = torch.device('cpu'),
+        device: torch.device = torch.device('cpu'), bf16: bool = False,
         progress: bool = True) -> Dict:
     r"""Trains :obj:`model` by L1 on the normalised target until
     :obj:`budget_s` seconds of training (or :obj:`max_steps` steps) are
     spent, with the learning rate on a cosine over that plan, validating
     :obj:`num_evals` times and at the end, and loads the parameters of the
-    best validation MAE.
+    best validation MAE. With :obj:`bf16`, the training steps run under
+    :func:`torch.autocast` in :obj:`torch.bfloat16` (the loss and the
+    validation in float32).
 
     Returns:
         dict: :obj:`steps`, :obj:`epochs`, :obj:`train_seconds`, the
@@ -212,7 +218,10 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
             optimizer.zero_grad()
             data = data.to(device)
             target = (data.y[:, index] - mean) / mad
-            loss = (predict(model, data).view(-1) - target).abs().mean()
+            with torch.autocast(device.type, dtype=torch.bfloat16,
+                                enabled=bf16):
+                pred = predict(model, data).view(-1)
+            loss = (pred.float() - target).abs().mean()
             loss.backward()
             optimizer.step()
             if used is None:
@@ -280,7 +289,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     history = fit(model, predict, loaders['train'], loaders['valid'],
                   target.index, mean, mad, 60.0 * args.budget,
                   args.max_steps, args.lr, args.weight_decay,
-                  args.num_evals, device, not args.no_progress)
+                  args.num_evals, device, args.bf16, not args.no_progress)
     test_mae = evaluate(model, predict, loaders['test'], target.index, mean,
                         mad, device)
     results = dict(
@@ -291,7 +300,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         wall_clock_seconds=time.perf_counter() - start,
         num_train=len(splits['train']), num_valid=len(splits['valid']),
         num_test=len(splits['test']), batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+        lr=args.lr, weight_decay=args.weight_decay, bf16=args.bf16,
+        seed=args.seed,
         train_mean=mean, train_mad=mad, machine=machine(device),
         command=' '.join(sys.argv))
     name = args.model.replace('+', 'p')

@@ -252,7 +252,8 @@ def synthetic_dataset(generator, count):
     return data_list
 
 
-def test_training_lowers_validation_mae(generator):
+@pytest.mark.parametrize('bf16', [False, True])
+def test_training_lowers_validation_mae(generator, bf16):
     example = load_example()
     train = synthetic_dataset(generator, 256)
     valid = synthetic_dataset(generator, 64)
@@ -265,10 +266,17 @@ def test_training_lowers_validation_mae(generator):
     valid_loader = DataLoader(valid, batch_size=64)
     before = example.evaluate(model, predict, valid_loader, 2, mean, mad,
                               torch.device('cpu'))
+    dtypes = set()  # (training?, dtype) of the first linear layer's output
+    linear = next(m for m in model.modules()
+                  if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(
+        lambda module, inputs, out: dtypes.add((module.training, out.dtype)))
     history = example.fit(model, predict, train_loader, valid_loader, 2,
                           mean, mad, budget_s=1e6, max_steps=300,
-                          num_evals=4, progress=False)
+                          num_evals=4, bf16=bf16, progress=False)
     assert history['steps'] == 300 and len(history['valid_curve']) == 4
+    train_dtype = torch.bfloat16 if bf16 else torch.float32
+    assert dtypes == {(True, train_dtype), (False, torch.float32)}
     assert history['best_valid_mae'] < 0.5 * before
     assert history['best_valid_mae'] < 0.5 * mad  # beats the mean
     # The best parameters are the ones loaded.
