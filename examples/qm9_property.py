@@ -30,6 +30,7 @@ Examples::
 """
 import argparse
 import copy
+import ctypes
 import json
 import math
 import os
@@ -55,6 +56,8 @@ from torch_enf.nn.models import (EGNNRegressor, RadiusInteractionGraph,
 
 MODELS = ('egnn', 'schnet', 'dimenet++')
 VALID_SUBSET_SEED = 0
+TRIM_EVERY = 10  # training steps between returns of freed heap to the OS
+LIBC = ctypes.CDLL(None) if sys.platform.startswith('linux') else None
 
 Predict = Callable[[torch.nn.Module, Batch], Tensor]
 
@@ -153,6 +156,19 @@ def load_splits(args: argparse.Namespace) -> Dict[str, QM9Properties]:
     return splits
 
 
+def release_freed_memory() -> None:
+    r"""Returns the freed heap memory to the operating system (glibc's
+    :obj:`malloc_trim`; nothing elsewhere).
+
+    Every batch of molecules has other tensor shapes (DimeNet++'s triplets
+    vary most), and glibc's heap keeps the freed blocks of earlier shapes:
+    without this, a one-hour DimeNet++ run under bfloat16 grew past 16 GiB
+    and was killed for memory on a 24 GiB machine.
+    """
+    if LIBC is not None and hasattr(LIBC, 'malloc_trim'):
+        LIBC.malloc_trim(0)
+
+
 def mean_and_mad(dataset: QM9Properties, index: int) -> Tuple[float, float]:
     r"""The mean :math:`\mu` and mean absolute deviation
     :math:`\frac{1}{N}\sum_n |y_n - \mu|` of a target on the training
@@ -228,6 +244,8 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
                 used = sum(p.numel() for p in model.parameters()
                            if p.grad is not None)
             steps += 1
+            if steps % TRIM_EVERY == 0:
+                release_freed_memory()
             elapsed = time.perf_counter() - tick
             bar.update(round(train_s + elapsed) - round(train_s))
             train_s += elapsed

@@ -253,8 +253,12 @@ def synthetic_dataset(generator, count):
 
 
 @pytest.mark.parametrize('bf16', [False, True])
-def test_training_lowers_validation_mae(generator, bf16):
+def test_training_lowers_validation_mae(generator, bf16, monkeypatch):
     example = load_example()
+    trims = []
+    release = example.release_freed_memory
+    monkeypatch.setattr(example, 'release_freed_memory',
+                        lambda: trims.append(release()))
     train = synthetic_dataset(generator, 256)
     valid = synthetic_dataset(generator, 64)
     model = EGNNRegressor(in_channels=15, hidden_channels=32, num_layers=2)
@@ -277,6 +281,7 @@ def test_training_lowers_validation_mae(generator, bf16):
     assert history['steps'] == 300 and len(history['valid_curve']) == 4
     train_dtype = torch.bfloat16 if bf16 else torch.float32
     assert dtypes == {(True, train_dtype), (False, torch.float32)}
+    assert len(trims) == 300 // example.TRIM_EVERY
     assert history['best_valid_mae'] < 0.5 * before
     assert history['best_valid_mae'] < 0.5 * mad  # beats the mean
     # The best parameters are the ones loaded.
