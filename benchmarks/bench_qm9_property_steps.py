@@ -28,9 +28,11 @@ from torch import Tensor
 from torch_geometric.loader import DataLoader
 
 from torch_enf.datasets import QM9Properties, resolve_target
+from torch_enf.io import atomic_path
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 HOMO = resolve_target('homo').index  # its column of QM9Properties.y
+BATCH_SIZE = 96  # the example's default
 
 
 def load_example():
@@ -51,7 +53,7 @@ def train_steps(example, name: str, batches: List, target: Tensor,
     model, predict = example.build_model(name)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     times, losses = [], []
-    for data, y in zip(batches, target.split(96)):
+    for data, y in zip(batches, target.split(BATCH_SIZE)):
         tick = time.perf_counter()
         optimizer.zero_grad()
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
@@ -79,8 +81,8 @@ def main() -> Dict:
                 f'two are warm-up')
     torch.set_num_threads(args.threads)
     example = load_example()
-    train = QM9Properties(args.root, 'train')[:96 * args.steps]
-    batches = list(DataLoader(train, batch_size=96))
+    train = QM9Properties(args.root, 'train')[:BATCH_SIZE * args.steps]
+    batches = list(DataLoader(train, batch_size=BATCH_SIZE))
     mean, mad = example.mean_and_mad(train, HOMO)
     target = ((train.y[:, HOMO] - mean) / mad).float()
     times = {name: {'float32': [], 'bfloat16': []} for name in args.models}
@@ -103,11 +105,11 @@ def main() -> Dict:
               f'{losses[name]["float32"]:>23.4f} / '
               f'{losses[name]["bfloat16"]:.4f}')
     results = dict(step_seconds=rows, rounds=times, mean_loss=losses,
-                   target='homo', steps=args.steps,
-                   batch_size=96, machine=example.machine(torch.device('cpu')),
+                   target='homo', steps=args.steps, batch_size=BATCH_SIZE,
+                   machine=example.machine(torch.device('cpu')),
                    date=time.strftime('%Y-%m-%d'))
     if args.json:
-        with open(args.json, 'w') as f:
+        with atomic_path(args.json) as tmp, open(tmp, 'w') as f:
             json.dump(results, f, indent=2)
     return results
 
