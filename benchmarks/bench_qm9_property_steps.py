@@ -55,12 +55,7 @@ def train_steps(example, name: str, batches: List, target: Tensor,
     times, losses = [], []
     for data, y in zip(batches, target.split(BATCH_SIZE)):
         tick = time.perf_counter()
-        optimizer.zero_grad()
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
-            pred = predict(model, data).view(-1)
-        loss = (pred.float() - y).abs().mean()
-        loss.backward()
-        optimizer.step()
+        loss = example.train_step(model, predict, optimizer, data, y, bf16)
         times.append(time.perf_counter() - tick)
         losses.append(loss.item())
     return statistics.median(times[2:]), statistics.mean(losses)

@@ -193,6 +193,23 @@ def evaluate(model: torch.nn.Module, predict: Predict, loader: DataLoader,
     return total / count
 
 
+def train_step(model: torch.nn.Module, predict: Predict,
+               optimizer: torch.optim.Optimizer, data: Batch, target: Tensor,
+               bf16: bool = False) -> Tensor:
+    r"""One optimiser step on the L1 loss between the model's predictions
+    and :obj:`target` (one normalised value per graph, shape
+    :obj:`[num_graphs]`), the forward pass under bfloat16 autocast with
+    :obj:`bf16` and the loss in float32; returns the loss."""
+    optimizer.zero_grad()
+    with torch.autocast(target.device.type, dtype=torch.bfloat16,
+                        enabled=bf16):
+        pred = predict(model, data).view(-1)
+    loss = (pred.float() - target).abs().mean()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
         valid_loader: DataLoader, index: int, mean: float, mad: float,
         budget_s: float, max_steps: Optional[int] = None, lr: float = 1e-3,
@@ -231,15 +248,9 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
             for group in optimizer.param_groups:
                 group['lr'] = lr * 0.5 * (1.0 + math.cos(math.pi * done()))
             model.train()
-            optimizer.zero_grad()
             data = data.to(device)
-            target = (data.y[:, index] - mean) / mad
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=bf16):
-                pred = predict(model, data).view(-1)
-            loss = (pred.float() - target).abs().mean()
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, predict, optimizer, data,
+                              (data.y[:, index] - mean) / mad, bf16)
             if used is None:
                 used = sum(p.numel() for p in model.parameters()
                            if p.grad is not None)
