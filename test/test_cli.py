@@ -312,6 +312,21 @@ def test_tasks_and_models_list_everything(capsys):
     assert result.returncode == 2 and 'invalid choice' in result.stderr
 
 
+@pytest.mark.parametrize('argv', [['--help'], [], ['-h']])
+def test_help_and_a_missing_command_come_from_the_full_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    out = capsys.readouterr()
+    if argv:
+        assert exit_.value.code == 0
+        assert all(command in out.out for command in
+                   ('train', 'sample', 'logprob', 'evaluate', 'models'))
+    else:
+        assert exit_.value.code == 2
+        assert out.err.startswith('usage: torch-enf [-h]')
+        assert 'required: command' in out.err
+
+
 def test_a_model_file_is_rebuilt_from_its_configuration_alone(
         molecule_run, tmp_path):
     found = load_model(molecule_run)

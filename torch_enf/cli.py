@@ -320,7 +320,9 @@ def _task_defaults(argv: List[str]) -> Dict[str, Any]:
     composition`, without the task's class margin."""
     from torch_enf.tasks import TASKS, get_task
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument('command')
+    # Optional here, so that '--help' and a missing command reach the full
+    # parser, which prints the help or names what is missing.
+    first.add_argument('command', nargs='?')
     first.add_argument('task', nargs='?')
     first.add_argument('--objective', default='fm')
     first.add_argument('--quick', action='store_true')
