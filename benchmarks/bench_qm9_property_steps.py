@@ -3,14 +3,16 @@ r"""Training-step time of the QM9 property models of
 DimeNet++) in float32 and under bfloat16 autocast (``--bf16``), measured
 in one process on the same batches.
 
-Each model takes one Adam step on the L1 loss per batch of the first
-``--steps`` training batches (batch size 96, in the split's order); its
-step time is the median over the steps after the first two, the best of
-``--rounds`` rounds that alternate the two precisions so that both see
-the same machine load. The ratio says how many more steps bfloat16 buys
-in the same wall-clock budget; the mean training loss over the steps, from
-the same initialisation in both precisions, says whether they learn
-alike::
+Each model takes one Adam step on the L1 loss per batch of ``--steps``
+batches of 96 training molecules drawn at random (seed 0), as training
+draws them: the split's first molecules are its smallest (13 atoms on
+average against 18), so batches in the split's order would time steps
+over about half the pairs of a training batch. Its step time is the
+median over the steps after the first two, the best of ``--rounds``
+rounds that alternate the two precisions so that both see the same
+machine load. The ratio says how many more steps bfloat16 buys in the
+same wall-clock budget; the mean training loss over the steps, from the
+same initialisation in both precisions, says whether they learn alike::
 
     python benchmarks/bench_qm9_property_steps.py --threads 1 \
         --json qm9_property_steps.json
@@ -76,7 +78,9 @@ def main() -> Dict:
                 f'two are warm-up')
     torch.set_num_threads(args.threads)
     example = load_example()
-    train = QM9Properties(args.root, 'train')[:BATCH_SIZE * args.steps]
+    train = QM9Properties(args.root, 'train')
+    train = train[torch.randperm(len(train), generator=torch.Generator(
+    ).manual_seed(0))[:BATCH_SIZE * args.steps]]
     batches = list(DataLoader(train, batch_size=BATCH_SIZE))
     mean, mad = example.mean_and_mad(train, HOMO)
     target = ((train.y[:, HOMO] - mean) / mad).float()
@@ -101,6 +105,7 @@ def main() -> Dict:
               f'{losses[name]["bfloat16"]:.4f}')
     results = dict(step_seconds=rows, rounds=times, mean_loss=losses,
                    target='homo', steps=args.steps, batch_size=BATCH_SIZE,
+                   mean_atoms=sum(b.num_nodes for b in batches) / len(train),
                    machine=example.machine(torch.device('cpu')),
                    date=time.strftime('%Y-%m-%d'))
     if args.json:
