@@ -79,8 +79,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--weight-decay', type=float, default=1e-16)
     p.add_argument('--bf16', action='store_true',
                    help='train under bfloat16 autocast (validation and '
-                   'test stay float32); 1.6-5.6x faster steps on CPUs with '
-                   'AMX or AVX-512 BF16')
+                   'test stay float32); 1.5-2.3x faster steps measured '
+                   'with AVX-512 BF16, more with AMX')
     p.add_argument('--num-train', type=int, default=None,
                    help='random subset of the training split (default: '
                    'all 100,000)')
