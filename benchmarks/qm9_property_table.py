@@ -32,7 +32,16 @@ def read_runs(folder: str) -> List[Dict]:
         raise SystemExit(f'no results of examples/qm9_property.py in '
                          f'{folder}')
     order = list(MODEL_NAMES)
-    return sorted(runs, key=lambda r: (r['target'], order.index(r['model'])))
+    return sorted(runs, key=lambda r: (r['target'], order.index(r['model']),
+                                       r.get('num_radial', 0)))
+
+
+def model_name(run: Dict) -> str:
+    r"""The model of a run, with the EGNN's radial basis if it had one."""
+    name = MODEL_NAMES[run['model']]
+    if run.get('num_radial'):
+        name += f", {run['num_radial']} Gaussians"
+    return name
 
 
 def table(runs: List[Dict]) -> str:
@@ -43,7 +52,7 @@ def table(runs: List[Dict]) -> str:
     rows = []
     for i, run in enumerate(runs):
         unit = run['unit']
-        rows.append((run['target'], MODEL_NAMES[run['model']],
+        rows.append((run['target'], model_name(run),
                      run['machine']['cpu'], f"{run['steps']:,}",
                      f"{run['epochs']:.1f}",
                      f"{run['best_valid_mae']:.4g} {unit}",

@@ -53,6 +53,7 @@ from torch_enf.datasets.qm9_properties import Target
 from torch_enf.io import atomic_path
 from torch_enf.nn.models import (EGNNRegressor, RadiusInteractionGraph,
                                  TorchDimeNetPlusPlus)
+from torch_enf.utils import check_num_radial
 
 MODELS = ('egnn', 'schnet', 'dimenet++')
 VALID_SUBSET_SEED = 0
@@ -68,6 +69,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='target name (mu, alpha, homo, lumo, gap, r2, zpve, '
                    'U0, U, H, G, Cv) or index 0..11')
     p.add_argument('--model', default='egnn', choices=MODELS)
+    p.add_argument('--num-radial', type=int, default=0,
+                   help='egnn: Gaussian distance features per edge on '
+                   '[0, 10] Angstrom, as in SchNet (default: 0, the '
+                   "paper's squared distance only)")
     p.add_argument('--budget', type=float, default=60.0,
                    help='training wall-clock budget in minutes')
     p.add_argument('--max-steps', type=int, default=None,
@@ -110,6 +115,10 @@ def check_args(args: argparse.Namespace) -> Target:
               ('--num-evals', args.num_evals, None),
               ('--num-train', args.num_train, SPLIT_SIZES['train']),
               ('--num-valid', args.num_valid, SPLIT_SIZES['valid']))
+    check_num_radial(args.num_radial, '--num-radial')
+    if args.num_radial and args.model != 'egnn':
+        raise ValueError(f"--num-radial is an option of the egnn model "
+                         f"({args.model} has its own distance basis)")
     for name, value, most in limits:
         if value is not None and value < 1:
             raise ValueError(f"{name} must be positive (got {value})")
@@ -119,12 +128,14 @@ def check_args(args: argparse.Namespace) -> Target:
     return target
 
 
-def build_model(name: str) -> Tuple[torch.nn.Module, Predict]:
+def build_model(name: str, num_radial: int = 0
+                ) -> Tuple[torch.nn.Module, Predict]:
     r"""The model and the function that feeds it a batch; PyG's QM9
     hyperparameters for SchNet and DimeNet++."""
     if name == 'egnn':
         return EGNNRegressor(in_channels=15, hidden_channels=128,
-                             num_layers=7, out_channels=1), \
+                             num_layers=7, out_channels=1,
+                             num_radial=num_radial), \
             lambda model, data: model(data.x, data.pos, data.batch,
                                       data.num_graphs)
     if name == 'schnet':
@@ -308,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     start = time.perf_counter()
     splits = load_splits(args)
     mean, mad = mean_and_mad(splits['train'], target.index)
-    model, predict = build_model(args.model)
+    model, predict = build_model(args.model, args.num_radial)
     model = model.to(device)
     loaders = {split: DataLoader(dataset, args.batch_size,
                                  shuffle=split == 'train',
@@ -323,7 +334,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         mad, device)
     results = dict(
         target=target.name, target_index=target.index, unit=target.unit,
-        model=args.model, parameters=sum(p.numel()
+        model=args.model, num_radial=args.num_radial,
+        parameters=sum(p.numel()
                                          for p in model.parameters()),
         **history, test_mae=test_mae, budget_minutes=args.budget,
         wall_clock_seconds=time.perf_counter() - start,
@@ -333,7 +345,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         seed=args.seed,
         train_mean=mean, train_mad=mad, machine=machine(device),
         command=' '.join(sys.argv))
-    name = args.model.replace('+', 'p')
+    name = args.model.replace('+', 'p') + (
+        f'-rbf{args.num_radial}' if args.num_radial else '')
     path = osp.join(args.out, f'{name}_{target.name}.json')
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
         json.dump(results, f, indent=2)

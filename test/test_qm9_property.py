@@ -143,9 +143,11 @@ def test_properties_are_optional_and_parse_errors_are_located(tmp_path):
         read_qm9pack(str(tmp_path), properties=True)
 
 
-def test_regressor_is_invariant(generator):
+@pytest.mark.parametrize('num_radial', [0, 8])
+def test_regressor_is_invariant(generator, num_radial):
     model = EGNNRegressor(in_channels=15, hidden_channels=16, num_layers=3,
-                          out_channels=2).double()
+                          out_channels=2, num_radial=num_radial,
+                          radial_cutoff=4.0).double()
     z = torch.tensor([6, 1, 1, 1, 1, 8, 1, 1, 7, 6, 9])
     batch = torch.tensor([0] * 5 + [1] * 3 + [2] * 3)
     pos = torch.randn(11, 3, generator=generator, dtype=torch.float64)
@@ -156,6 +158,21 @@ def test_regressor_is_invariant(generator):
     assert out.shape == (3, 2)
     assert not torch.allclose(out, model(node_features(z).double(),
                                          1.1 * pos, batch))
+    if num_radial:  # every layer reads the Gaussians
+        assert all(layer.edge_dim == num_radial for layer in model.layers)
+        model(node_features(z).double(), pos, batch).sum().backward()
+        for layer in model.layers:
+            assert layer.edge_lin1.weight.grad[:, -num_radial:].abs().sum() > 0
+
+
+@pytest.mark.parametrize('num_radial', [1, -2, 2.5, True])
+def test_regressor_refuses_bad_radial_bases(num_radial):
+    with pytest.raises(ValueError, match="'num_radial' must be 0 or an "
+                       "integer of at least 2"):
+        EGNNRegressor(num_radial=num_radial)
+    with pytest.raises(ValueError, match="'radial_cutoff' must be a "
+                       "positive"):
+        EGNNRegressor(num_radial=4, radial_cutoff=0.0)
 
 
 def molecules(generator, sizes=(7, 4, 9), spread=2.0):
@@ -296,7 +313,10 @@ def test_training_lowers_validation_mae(generator, bf16, monkeypatch):
     (['--budget', '0'], '--budget must be a positive'),
     (['--budget', 'nan'], '--budget must be a positive'),
     (['--num-train', '100001'], '--num-train 100001 exceeds'),
-    (['--batch-size', '0'], '--batch-size must be positive')])
+    (['--batch-size', '0'], '--batch-size must be positive'),
+    (['--num-radial', '1'], "'--num-radial' must be 0 or an integer"),
+    (['--model', 'schnet', '--num-radial', '50'],
+     '--num-radial is an option of the egnn model')])
 def test_cli_rejects_bad_options_before_reading_data(tmp_path, options,
                                                      message):
     example = load_example()

@@ -61,7 +61,8 @@ def test_flags_become_configurations_with_task_defaults():
 
 
 @pytest.mark.parametrize('argv,message', [
-    (['dw4', '--num-radial', '1'], 'num_radial must be at least 2'),
+    (['dw4', '--num-radial', '1'],
+     "'num_radial' must be 0 or an integer of at least 2"),
     (['dw4', '--radial-cutoff', '0'], 'radial_cutoff must be positive'),
     (['qm9', '--class-margin', '-1'], 'class_margin must be non-negative'),
     (['dw4', '--num-steps', '3'], 'needs a fixed-step --solver'),

@@ -121,6 +121,16 @@ def check_positive_integer(value: Any, name: str) -> None:
                          f"{value!r})")
 
 
+def check_num_radial(value: Any, name: str = 'num_radial') -> None:
+    r"""Raises :class:`ValueError` unless :obj:`value` is a valid number of
+    radial basis functions: :obj:`0` (none) or an integer of at least 2
+    (one Gaussian has no spacing to set its width)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or value < 0 or value == 1:
+        raise ValueError(f"'{name}' must be 0 or an integer of at least 2 "
+                         f"(got {value!r})")
+
+
 def check_time(value: Any, name: str) -> float:
     r"""Returns :obj:`value` as a float if it is a time in :math:`(0, 1]`,
     the time span of the flows, and raises :class:`ValueError`

@@ -5,7 +5,7 @@ from torch import Tensor
 from torch_geometric.nn.models.schnet import GaussianSmearing
 
 from torch_enf.nn import EGNN
-from torch_enf.utils import check_positive_number
+from torch_enf.utils import check_num_radial, check_positive_number
 
 
 class EGNNDynamics(torch.nn.Module):
@@ -81,10 +81,7 @@ class EGNNDynamics(torch.nn.Module):
                 not isinstance(context_channels, int) or context_channels < 0:
             raise ValueError(f"'context_channels' must be a non-negative "
                              f"integer (got {context_channels!r})")
-        if isinstance(num_radial, bool) or not isinstance(num_radial, int) \
-                or num_radial < 0 or num_radial == 1:
-            raise ValueError(f"'num_radial' must be 0 or an integer of at "
-                             f"least 2 (got {num_radial!r})")
+        check_num_radial(num_radial)
         check_positive_number(radial_cutoff, 'radial_cutoff')
         self.n_dims = n_dims
         self.node_channels = node_channels

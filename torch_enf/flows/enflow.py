@@ -20,9 +20,10 @@ from torch_enf.flows.vector_field import VectorField, check_graph
 from torch_enf.nn import full_edge_index
 from torch_enf.utils import (center_pos, center_pos_exact,
                              check_batch_vector, check_finite_graphs,
-                             check_node_matrix, check_positive_integer,
-                             check_positive_number, check_time,
-                             default_batch, graph_sizes, inputs_checked)
+                             check_node_matrix, check_num_radial,
+                             check_positive_integer, check_positive_number,
+                             check_time, default_batch, graph_sizes,
+                             inputs_checked)
 
 TRACES = ('exact', 'hutchinson')
 r"""The estimators of the Jacobian trace: exact (one vector-Jacobian product
@@ -104,11 +105,7 @@ class ENFlowConfig(Config):
         if self.aggr not in ('add', 'mean'):
             raise ValueError(f"'aggr' must be 'add' or 'mean' (got "
                              f"{self.aggr!r})")
-        if isinstance(self.num_radial, bool) or \
-                not isinstance(self.num_radial, int) or \
-                self.num_radial < 0 or self.num_radial == 1:
-            raise ValueError(f"'num_radial' must be 0 or an integer of at "
-                             f"least 2 (got {self.num_radial!r})")
+        check_num_radial(self.num_radial)
         check_positive_number(self.radial_cutoff, 'radial_cutoff')
         object.__setattr__(self, 'graph', check_graph(self.graph))
         if self.hutchinson_noise not in HUTCHINSON_NOISES:

@@ -20,7 +20,7 @@ from torch_enf.flows import EvaluationCount, SolverOptions, model_config
 from torch_enf.objectives import Objective
 from torch_enf.storage import atomic_save, save_model
 from torch_enf.training import FitConfig, FitState, fit
-from torch_enf.utils import Registry, json_safe
+from torch_enf.utils import Registry, check_num_radial, json_safe
 
 TRACES = ('exact', 'hutchinson')
 
@@ -88,9 +88,7 @@ class ModelOptions(Config):
             if not getattr(self, name) > 0:
                 raise ValueError(f'{name} must be positive (got '
                                  f'{getattr(self, name)})')
-        if self.num_radial < 0 or self.num_radial == 1:
-            raise ValueError(f'num_radial must be at least 2, or 0 for none '
-                             f'(got {self.num_radial})')
+        check_num_radial(self.num_radial)
         if self.graph not in ('auto', 'full') and not (
                 isinstance(self.graph, (int, float)) and self.graph > 0):
             raise ValueError(f"graph must be 'auto', 'full' or a positive "

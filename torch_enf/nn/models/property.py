@@ -7,10 +7,12 @@ import torch
 from torch import Tensor
 from torch.nn import Linear, ModuleList, Sequential
 from torch_geometric.nn.models import DimeNetPlusPlus
+from torch_geometric.nn.models.schnet import GaussianSmearing
 
 from torch_enf.nn.egcl import EGCL
 from torch_enf.nn.graph import full_edge_index, radius_graph
-from torch_enf.utils import default_batch, num_graphs_of, scatter_sum
+from torch_enf.utils import (check_num_radial, check_positive_number,
+                             default_batch, num_graphs_of, scatter_sum)
 
 
 class EGNNRegressor(torch.nn.Module):
@@ -35,6 +37,15 @@ class EGNNRegressor(torch.nn.Module):
     The output is E(3)-invariant and invariant to node
     permutations within each molecule.
 
+    With :obj:`num_radial` :math:`= K > 0` (not in the paper) every layer
+    also sees :math:`K` Gaussians of the distance as edge attributes,
+    :math:`\exp(-(d_{ij} - \mu_k)^2 / 2\delta^2)` with centres
+    :math:`\mu_k` evenly spaced on :math:`[0, r_c]` and width :math:`\delta`
+    their spacing, the distance features of SchNet (50 Gaussians on
+    :math:`[0, 10]` Angstrom there). The paper's layers see only
+    :math:`d_{ij}^2`, from which an MLP resolves fine differences of
+    distance slowly.
+
     Args:
         in_channels (int, optional): Size of the node features
             (:func:`~torch_enf.datasets.qm9_properties.node_features`).
@@ -49,6 +60,11 @@ class EGNNRegressor(torch.nn.Module):
             soft edges. (default: :obj:`True`)
         act (torch.nn.Module, optional): The non-linearity. (default:
             :class:`torch.nn.SiLU`)
+        num_radial (int, optional): The number :math:`K` of Gaussian
+            distance features per edge. (default: :obj:`0`: only
+            :math:`d_{ij}^2`, as in the paper)
+        radial_cutoff (float, optional): The last centre :math:`r_c`, in
+            the units of the positions. (default: :obj:`10.0`)
 
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})`,
@@ -59,16 +75,22 @@ class EGNNRegressor(torch.nn.Module):
     def __init__(self, in_channels: int = 15, hidden_channels: int = 128,
                  num_layers: int = 7, out_channels: int = 1,
                  edge_inference: bool = True,
-                 act: Callable = torch.nn.SiLU()) -> None:
+                 act: Callable = torch.nn.SiLU(), num_radial: int = 0,
+                 radial_cutoff: float = 10.0) -> None:
         super().__init__()
+        check_num_radial(num_radial)
+        check_positive_number(radial_cutoff, 'radial_cutoff')
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.num_layers = num_layers
         self.out_channels = out_channels
+        self.num_radial = num_radial
+        self.distance_expansion = GaussianSmearing(
+            0.0, radial_cutoff, num_radial) if num_radial > 0 else None
         self.embedding = Linear(in_channels, hidden_channels)
         self.layers = ModuleList(
             EGCL(in_channels=hidden_channels, out_channels=hidden_channels,
-                 hidden_channels=hidden_channels,
+                 hidden_channels=hidden_channels, edge_dim=num_radial,
                  edge_inference=edge_inference, aggr='add', act=act,
                  update_pos=False)
             for _ in range(num_layers))
@@ -97,16 +119,25 @@ class EGNNRegressor(torch.nn.Module):
             batch = default_batch(x.size(0), x.device)
         num_graphs = num_graphs_of(batch, num_graphs)
         edge_index = full_edge_index(batch, num_graphs)
+        edge_attr = None
+        if self.distance_expansion is not None:
+            source, target = edge_index
+            # The positions never move, so the features serve every layer;
+            # the clamp keeps forces finite where two atoms coincide.
+            dist2 = (pos.index_select(0, target) -
+                     pos.index_select(0, source)).pow(2).sum(-1)
+            edge_attr = self.distance_expansion(dist2.clamp_min(1e-12).sqrt())
         h = self.embedding(x)
         for layer in self.layers:
-            h = layer(h, pos, edge_index)[0]
+            h = layer(h, pos, edge_index, edge_attr)[0]
         h = scatter_sum(self.node_decoder(h), batch, num_graphs)
         return self.graph_decoder(h)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, hidden_channels='
-                f'{self.hidden_channels}, num_layers={self.num_layers})')
+                f'{self.hidden_channels}, num_layers={self.num_layers}, '
+                f'num_radial={self.num_radial})')
 
 
 class RadiusInteractionGraph(torch.nn.Module):
