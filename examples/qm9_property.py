@@ -57,8 +57,7 @@ from torch_enf.utils import check_num_radial
 
 MODELS = ('egnn', 'schnet', 'dimenet++')
 VALID_SUBSET_SEED = 0
-HEAP_GROWTH = 1.25  # resident size, against that after the last trim,
-                   # at which the freed heap goes back to the OS
+TRIM_EVERY = 10  # training steps between returns of freed heap to the OS
 LIBC = ctypes.CDLL(None) if sys.platform.startswith('linux') else None
 
 Predict = Callable[[torch.nn.Module, Batch], Tensor]
@@ -181,49 +180,6 @@ def release_freed_memory() -> None:
         LIBC.malloc_trim(0)
 
 
-def resident_bytes() -> int:
-    r"""The resident set size of this process in bytes (Linux's
-    :obj:`/proc/self/statm`; :obj:`0` where it cannot be read)."""
-    try:
-        with open('/proc/self/statm') as f:
-            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-class HeapTrimmer:
-    r"""Calls :func:`release_freed_memory` once the resident size has grown
-    by the factor :obj:`growth` since the last call (or since creation).
-
-    A trim at a fixed interval costs the steps after it: the pages it
-    returns fault back in (every 10 steps, 8 % of the EGNN's step time
-    on one thread, three times the page faults). Trimming on growth
-    bounds the heap of DimeNet++, whose triplet tensors change shape
-    with every batch, at :obj:`growth` times its trimmed size and leaves
-    the other models' heaps alone.
-
-    Args:
-        growth (float, optional): The factor. (default: :obj:`1.25`)
-        resident (callable, optional): The size to watch.
-            (default: :func:`resident_bytes`)
-    """
-    def __init__(self, growth: float = 1.25,
-                 resident: Callable[[], int] = resident_bytes) -> None:
-        self.growth = growth
-        self.resident = resident
-        self.trims = 0
-        self.limit = growth * resident()
-
-    def step(self) -> bool:
-        r"""Trims if the heap has outgrown its limit; returns whether."""
-        if self.resident() <= self.limit:
-            return False
-        release_freed_memory()
-        self.trims += 1
-        self.limit = self.growth * self.resident()
-        return True
-
-
 def mean_and_mad(dataset: QM9Properties, index: int) -> Tuple[float, float]:
     r"""The mean :math:`\mu` and mean absolute deviation
     :math:`\frac{1}{N}\sum_n |y_n - \mu|` of a target on the training
@@ -283,8 +239,7 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
         dict: :obj:`steps`, :obj:`epochs`, :obj:`train_seconds`, the
         :obj:`valid_curve` of :obj:`(step, seconds, MAE)`,
         :obj:`best_valid_mae`, :obj:`best_step` and the number of
-        :obj:`used_parameters` (those that get a gradient) and the
-        :obj:`heap_trims` of its :class:`HeapTrimmer`.
+        :obj:`used_parameters` (those that get a gradient).
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr,
                                  weight_decay=weight_decay)
@@ -293,7 +248,6 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
     used = None
     bar = tqdm(total=round(budget_s), unit='s', disable=not progress,
                mininterval=5.0)
-    trimmer = HeapTrimmer(HEAP_GROWTH)
 
     def done() -> float:
         step_part = steps / max_steps if max_steps else 0.0
@@ -312,7 +266,8 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
                 used = sum(p.numel() for p in model.parameters()
                            if p.grad is not None)
             steps += 1
-            trimmer.step()
+            if steps % TRIM_EVERY == 0:
+                release_freed_memory()
             elapsed = time.perf_counter() - tick
             bar.update(round(train_s + elapsed) - round(train_s))
             train_s += elapsed
@@ -334,7 +289,7 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
                 len(train_loader.dataset),
                 train_seconds=train_s, valid_curve=curve,
                 best_valid_mae=best[0], best_step=best[1],
-                used_parameters=used, heap_trims=trimmer.trims)
+                used_parameters=used)
 
 
 def machine(device: torch.device) -> Dict:

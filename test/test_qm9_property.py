@@ -276,7 +276,6 @@ def test_training_lowers_validation_mae(generator, bf16, monkeypatch):
     release = example.release_freed_memory
     monkeypatch.setattr(example, 'release_freed_memory',
                         lambda: trims.append(release()))
-    monkeypatch.setattr(example, 'HEAP_GROWTH', 1.0)  # trim on any growth
     train = synthetic_dataset(generator, 256)
     valid = synthetic_dataset(generator, 64)
     model = EGNNRegressor(in_channels=15, hidden_channels=32, num_layers=2)
@@ -299,31 +298,13 @@ def test_training_lowers_validation_mae(generator, bf16, monkeypatch):
     assert history['steps'] == 300 and len(history['valid_curve']) == 4
     train_dtype = torch.bfloat16 if bf16 else torch.float32
     assert dtypes == {(True, train_dtype), (False, torch.float32)}
-    assert len(trims) == history['heap_trims'] > 0
+    assert len(trims) == 300 // example.TRIM_EVERY
     assert history['best_valid_mae'] < 0.5 * before
     assert history['best_valid_mae'] < 0.5 * mad  # beats the mean
     # The best parameters are the ones loaded.
     assert example.evaluate(model, predict, valid_loader, 2, mean, mad,
                             torch.device('cpu')) == pytest.approx(
                                 history['best_valid_mae'], rel=1e-5)
-
-
-def test_heap_is_trimmed_when_it_grows_by_the_factor(monkeypatch):
-    example = load_example()
-    size, released = [100], []
-
-    def release():  # frees down to 120; the next limit is 1.5 x 120
-        released.append(size[0])
-        size[0] = 120
-
-    monkeypatch.setattr(example, 'release_freed_memory', release)
-    trimmer = example.HeapTrimmer(1.5, resident=lambda: size[0])
-    for grown, trims in ((150, False), (151, True), (120, False),
-                         (180, False), (181, True)):
-        size[0] = grown
-        assert trimmer.step() == trims
-    assert released == [151, 181] and trimmer.trims == 2
-    assert example.resident_bytes() > 0  # read from /proc on Linux
 
 
 @pytest.mark.parametrize('options, message', [
