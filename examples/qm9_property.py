@@ -335,8 +335,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     results = dict(
         target=target.name, target_index=target.index, unit=target.unit,
         model=args.model, num_radial=args.num_radial,
-        parameters=sum(p.numel()
-                                         for p in model.parameters()),
+        parameters=sum(p.numel() for p in model.parameters()),
         **history, test_mae=test_mae, budget_minutes=args.budget,
         wall_clock_seconds=time.perf_counter() - start,
         num_train=len(splits['train']), num_valid=len(splits['valid']),
