@@ -53,10 +53,12 @@ from torch_enf.datasets.qm9_properties import Target
 from torch_enf.io import atomic_path
 from torch_enf.nn.models import (EGNNRegressor, RadiusInteractionGraph,
                                  TorchDimeNetPlusPlus)
+from torch_enf.nn.models.property import READOUTS
 from torch_enf.utils import check_num_radial
 
 MODELS = ('egnn', 'schnet', 'dimenet++')
 VALID_SUBSET_SEED = 0
+DEFAULT_LR = 1e-3  # the official code's, for every target but alpha
 TRIM_EVERY = 10  # training steps between returns of freed heap to the OS
 LIBC = ctypes.CDLL(None) if sys.platform.startswith('linux') else None
 
@@ -73,6 +75,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='egnn: Gaussian distance features per edge on '
                    '[0, 10] Angstrom, as in SchNet (default: 0, the '
                    "paper's squared distance only)")
+    p.add_argument('--readout', default='graph', choices=READOUTS,
+                   help="egnn: decode the pooled atoms ('graph', the "
+                   "paper's) or sum the decoded atoms ('atom', as SchNet)")
     p.add_argument('--budget', type=float, default=60.0,
                    help='training wall-clock budget in minutes')
     p.add_argument('--max-steps', type=int, default=None,
@@ -80,7 +85,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--batch-size', type=int, default=96)
-    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--lr', type=float, default=DEFAULT_LR)
     p.add_argument('--weight-decay', type=float, default=1e-16)
     p.add_argument('--bf16', action='store_true',
                    help='train under bfloat16 autocast (validation and '
@@ -119,6 +124,9 @@ def check_args(args: argparse.Namespace) -> Target:
     if args.num_radial and args.model != 'egnn':
         raise ValueError(f"--num-radial is an option of the egnn model "
                          f"({args.model} has its own distance basis)")
+    if args.readout != 'graph' and args.model != 'egnn':
+        raise ValueError(f"--readout is an option of the egnn model "
+                         f"({args.model} sums per-atom outputs)")
     for name, value, most in limits:
         if value is not None and value < 1:
             raise ValueError(f"{name} must be positive (got {value})")
@@ -128,14 +136,14 @@ def check_args(args: argparse.Namespace) -> Target:
     return target
 
 
-def build_model(name: str, num_radial: int = 0
+def build_model(name: str, num_radial: int = 0, readout: str = 'graph'
                 ) -> Tuple[torch.nn.Module, Predict]:
     r"""The model and the function that feeds it a batch; PyG's QM9
     hyperparameters for SchNet and DimeNet++."""
     if name == 'egnn':
         return EGNNRegressor(in_channels=15, hidden_channels=128,
                              num_layers=7, out_channels=1,
-                             num_radial=num_radial), \
+                             num_radial=num_radial, readout=readout), \
             lambda model, data: model(data.x, data.pos, data.batch,
                                       data.num_graphs)
     if name == 'schnet':
@@ -292,6 +300,20 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
                 used_parameters=used)
 
 
+def result_name(args: argparse.Namespace) -> str:
+    r"""The model's name in the results file, with the options that differ
+    from the paper's recipe: ``egnn``, ``egnn-rbf50``, ``egnn-atom-lr5e-04``.
+    """
+    parts = [args.model.replace('+', 'p')]
+    if args.num_radial:
+        parts.append(f'rbf{args.num_radial}')
+    if args.readout != 'graph':
+        parts.append(args.readout)
+    if args.lr != DEFAULT_LR:
+        parts.append(f'lr{args.lr:.0e}')
+    return '-'.join(parts)
+
+
 def machine(device: torch.device) -> Dict:
     r"""What ran the job: CPU model, cores, threads, accelerator."""
     cpu = platform.processor()
@@ -319,7 +341,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     start = time.perf_counter()
     splits = load_splits(args)
     mean, mad = mean_and_mad(splits['train'], target.index)
-    model, predict = build_model(args.model, args.num_radial)
+    model, predict = build_model(args.model, args.num_radial, args.readout)
     model = model.to(device)
     loaders = {split: DataLoader(dataset, args.batch_size,
                                  shuffle=split == 'train',
@@ -334,7 +356,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         mad, device)
     results = dict(
         target=target.name, target_index=target.index, unit=target.unit,
-        model=args.model, num_radial=args.num_radial,
+        model=args.model, num_radial=args.num_radial, readout=args.readout,
         parameters=sum(p.numel() for p in model.parameters()),
         **history, test_mae=test_mae, budget_minutes=args.budget,
         wall_clock_seconds=time.perf_counter() - start,
@@ -344,9 +366,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         seed=args.seed,
         train_mean=mean, train_mad=mad, machine=machine(device),
         command=' '.join(sys.argv))
-    name = args.model.replace('+', 'p') + (
-        f'-rbf{args.num_radial}' if args.num_radial else '')
-    path = osp.join(args.out, f'{name}_{target.name}.json')
+    path = osp.join(args.out, f'{result_name(args)}_{target.name}.json')
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
         json.dump(results, f, indent=2)
     print(f'{args.model} {target.name}: test MAE {test_mae:.4g} '

@@ -143,11 +143,12 @@ def test_properties_are_optional_and_parse_errors_are_located(tmp_path):
         read_qm9pack(str(tmp_path), properties=True)
 
 
-@pytest.mark.parametrize('num_radial', [0, 8])
-def test_regressor_is_invariant(generator, num_radial):
+@pytest.mark.parametrize('num_radial, readout', [(0, 'graph'), (8, 'graph'),
+                                                 (0, 'atom')])
+def test_regressor_is_invariant(generator, num_radial, readout):
     model = EGNNRegressor(in_channels=15, hidden_channels=16, num_layers=3,
                           out_channels=2, num_radial=num_radial,
-                          radial_cutoff=4.0).double()
+                          radial_cutoff=4.0, readout=readout).double()
     z = torch.tensor([6, 1, 1, 1, 1, 8, 1, 1, 7, 6, 9])
     batch = torch.tensor([0] * 5 + [1] * 3 + [2] * 3)
     pos = torch.randn(11, 3, generator=generator, dtype=torch.float64)
@@ -173,6 +174,33 @@ def test_regressor_refuses_bad_radial_bases(num_radial):
     with pytest.raises(ValueError, match="'radial_cutoff' must be a "
                        "positive"):
         EGNNRegressor(num_radial=4, radial_cutoff=0.0)
+
+
+def test_atom_readout_sums_the_decoded_atoms(generator):
+    model = EGNNRegressor(in_channels=15, hidden_channels=16, num_layers=2,
+                          readout='atom').double()
+    z = torch.tensor([6, 1, 1, 8, 1, 7, 6])
+    pos = torch.randn(7, 3, generator=generator, dtype=torch.float64)
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    out = model(node_features(z).double(), pos, batch)
+    # One molecule's prediction is the sum over its atoms of the decoded
+    # features, each computed with the molecule's own graph.
+    h = model.embedding(node_features(z[:3]).double())
+    edge_index = torch.tensor([[j for i in range(3) for j in range(3)
+                                if i != j],
+                               [i for i in range(3) for j in range(3)
+                                if i != j]])
+    for layer in model.layers:
+        h = layer(h, pos[:3], edge_index)[0]
+    expected = model.graph_decoder(model.node_decoder(h)).sum(0)
+    torch.testing.assert_close(out[0], expected)
+    # The paper's readout decodes the pooled features instead: another
+    # function of the same parameters.
+    model.readout = 'graph'
+    assert not torch.allclose(model(node_features(z).double(), pos, batch),
+                              out)
+    with pytest.raises(ValueError, match="'readout' must be one of"):
+        EGNNRegressor(readout='mean')
 
 
 def molecules(generator, sizes=(7, 4, 9), spread=2.0):
@@ -316,7 +344,9 @@ def test_training_lowers_validation_mae(generator, bf16, monkeypatch):
     (['--batch-size', '0'], '--batch-size must be positive'),
     (['--num-radial', '1'], "'--num-radial' must be 0 or an integer"),
     (['--model', 'schnet', '--num-radial', '50'],
-     '--num-radial is an option of the egnn model')])
+     '--num-radial is an option of the egnn model'),
+    (['--model', 'dimenet++', '--readout', 'atom'],
+     '--readout is an option of the egnn model')])
 def test_cli_rejects_bad_options_before_reading_data(tmp_path, options,
                                                      message):
     example = load_example()
@@ -325,3 +355,13 @@ def test_cli_rejects_bad_options_before_reading_data(tmp_path, options,
         example.main(['--root', str(root), '--out', str(tmp_path / 'out'),
                       *options])
     assert not root.exists()
+
+
+def test_result_names_carry_the_options_that_differ_from_the_paper():
+    example = load_example()
+    name = lambda argv: example.result_name(  # noqa: E731
+        example.parse_args(argv))
+    assert name([]) == 'egnn'
+    assert name(['--model', 'dimenet++']) == 'dimenetpp'
+    assert name(['--num-radial', '50']) == 'egnn-rbf50'
+    assert name(['--readout', 'atom', '--lr', '5e-4']) == 'egnn-atom-lr5e-04'

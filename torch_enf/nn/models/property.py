@@ -14,6 +14,8 @@ from torch_enf.nn.graph import full_edge_index, radius_graph
 from torch_enf.utils import (check_num_radial, check_positive_number,
                              default_batch, num_graphs_of, scatter_sum)
 
+READOUTS = ('graph', 'atom')
+
 
 class EGNNRegressor(torch.nn.Module):
     r"""The invariant QM9 property model of the `"E(n) Equivariant Graph
@@ -30,7 +32,12 @@ class EGNNRegressor(torch.nn.Module):
 
         y_g &= \phi_{g}\Big(\sum_{i \in g} \phi_{n}(\mathbf{h}^{L}_i)\Big),
 
-    with two-layer MLPs :math:`\phi_n` and :math:`\phi_g`. The positions
+    with two-layer MLPs :math:`\phi_n` and :math:`\phi_g`. With
+    :obj:`readout="atom"` (not in the paper) the sum moves to the end,
+    :math:`y_g = \sum_{i \in g} \phi_g(\phi_n(\mathbf{h}^{L}_i))`, with the
+    same parameters: every atom contributes its own share of the property,
+    as in SchNet's readout, which suits extensive properties such as the
+    polarizability. The positions
     :math:`\mathbf{p}` are never updated (as in the official code, which
     drops the coordinate update for QM9): the layers are built with
     :obj:`update_pos=False`, without the coordinate network :math:`\phi_x`.
@@ -65,6 +72,9 @@ class EGNNRegressor(torch.nn.Module):
             :math:`d_{ij}^2`, as in the paper)
         radial_cutoff (float, optional): The last centre :math:`r_c`, in
             the units of the positions. (default: :obj:`10.0`)
+        readout (str, optional): :obj:`"graph"` decodes the sum of the
+            atoms' features, :obj:`"atom"` sums the decoded atoms.
+            (default: :obj:`"graph"`, the paper's)
 
     Shapes:
         - **input:** node features :math:`(|\mathcal{V}|, F_{in})`,
@@ -76,15 +86,20 @@ class EGNNRegressor(torch.nn.Module):
                  num_layers: int = 7, out_channels: int = 1,
                  edge_inference: bool = True,
                  act: Callable = torch.nn.SiLU(), num_radial: int = 0,
-                 radial_cutoff: float = 10.0) -> None:
+                 radial_cutoff: float = 10.0,
+                 readout: str = 'graph') -> None:
         super().__init__()
         check_num_radial(num_radial)
         check_positive_number(radial_cutoff, 'radial_cutoff')
+        if readout not in READOUTS:
+            raise ValueError(f"'readout' must be one of {READOUTS} "
+                             f"(got {readout!r})")
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.num_layers = num_layers
         self.out_channels = out_channels
         self.num_radial = num_radial
+        self.readout = readout
         self.distance_expansion = GaussianSmearing(
             0.0, radial_cutoff, num_radial) if num_radial > 0 else None
         self.embedding = Linear(in_channels, hidden_channels)
@@ -130,14 +145,16 @@ class EGNNRegressor(torch.nn.Module):
         h = self.embedding(x)
         for layer in self.layers:
             h = layer(h, pos, edge_index, edge_attr)[0]
-        h = scatter_sum(self.node_decoder(h), batch, num_graphs)
-        return self.graph_decoder(h)
+        h = self.node_decoder(h)
+        if self.readout == 'atom':
+            return scatter_sum(self.graph_decoder(h), batch, num_graphs)
+        return self.graph_decoder(scatter_sum(h, batch, num_graphs))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, hidden_channels='
                 f'{self.hidden_channels}, num_layers={self.num_layers}, '
-                f'num_radial={self.num_radial})')
+                f'num_radial={self.num_radial}, readout={self.readout!r})')
 
 
 class RadiusInteractionGraph(torch.nn.Module):
