@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import torch_enf.nn.graph as graph_module
-from torch_enf.nn import full_edge_index, radius_graph
+from torch_enf.nn import RadialBasis, full_edge_index, radius_graph
 
 
 def brute_force_pairs(batch, pos=None, r=None):
@@ -109,3 +109,29 @@ def test_cell_list_equals_all_pairs(n_dims, monkeypatch):
     assert torch.equal(radius_graph(pos, 0.9, batch, max_num_neighbors=4),
                        bounded)
     assert expected.size(1) > 500
+
+
+def test_radial_basis_matches_schnet_gaussians_on_squared_distances():
+    basis = RadialBasis(cutoff=4.0, num_radial=5).double()
+    dist = torch.tensor([0.1, 0.5, 1.0, 3.9, 7.0], dtype=torch.float64)
+    expected = torch.exp(-0.5 * ((dist[:, None] - torch.linspace(
+        0, 4, 5, dtype=torch.float64)) / 1.0) ** 2)
+    torch.testing.assert_close(basis(dist.pow(2)), expected)
+    torch.testing.assert_close(basis(dist.pow(2)[:, None]), expected)
+    # Coinciding nodes keep a finite gradient.
+    dist2 = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    basis(dist2).sum().backward()
+    assert torch.isfinite(dist2.grad).all()
+    # The centres keep the buffer name of PyG's GaussianSmearing, under
+    # which the pretrained flows store them.
+    assert list(basis.state_dict()) == ['offset']
+
+
+@pytest.mark.parametrize('num_radial', [0, 1, 2.5, True])
+def test_radial_basis_refuses_fewer_than_two_gaussians(num_radial):
+    with pytest.raises(ValueError, match="'num_radial' must be an integer "
+                       "of at least 2"):
+        RadialBasis(4.0, num_radial)
+    with pytest.raises(ValueError, match="'radial_cutoff' must be a "
+                       "positive"):
+        RadialBasis(0.0, 4)

@@ -2,9 +2,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch_geometric.nn.models.schnet import GaussianSmearing
 
-from torch_enf.nn import EGNN
+from torch_enf.nn import EGNN, RadialBasis
 from torch_enf.utils import check_num_radial, check_positive_number
 
 
@@ -21,10 +20,8 @@ class EGNNDynamics(torch.nn.Module):
         \frac{d\mathbf{h}}{dt} = \mathbf{h}^{out}.
 
     With :obj:`num_radial` :math:`= K > 0` the edge attributes also hold
-    :math:`K` Gaussians of the distance,
-    :math:`\exp(-(d_{ij} - \mu_k)^2 / 2\delta^2)` with centres
-    :math:`\mu_k` evenly spaced on :math:`[0, r_c]` and width
-    :math:`\delta` their spacing, which let every layer resolve
+    :math:`K` Gaussians of the distance on :math:`[0, r_c]`
+    (:class:`~torch_enf.nn.RadialBasis`), which let every layer resolve
     distances far finer than the raw :math:`d_{ij}^2` does (bond lengths of
     molecules differ by a few picometres between bond orders).
 
@@ -89,8 +86,8 @@ class EGNNDynamics(torch.nn.Module):
         self.condition_time = condition_time
         in_channels = node_channels + context_channels + int(condition_time)
         self.in_channels = max(in_channels, 1)
-        self.distance_expansion = GaussianSmearing(
-            0.0, radial_cutoff, num_radial) if num_radial > 0 else None
+        self.distance_expansion = RadialBasis(
+            radial_cutoff, num_radial) if num_radial > 0 else None
         self.egnn = EGNN(self.in_channels, hidden_channels, num_layers,
                          node_channels, edge_dim=1 + num_radial,
                          edge_inference=edge_inference,
@@ -141,8 +138,6 @@ class EGNNDynamics(torch.nn.Module):
                  pos.index_select(0, source)).pow(2).sum(-1, keepdim=True)
         edge_attr = dist2
         if self.distance_expansion is not None:
-            # The clamp keeps the gradient finite where two nodes coincide.
-            dist = dist2.clamp_min(1e-12).sqrt()
-            edge_attr = torch.cat([dist2, self.distance_expansion(dist)], -1)
+            edge_attr = torch.cat([dist2, self.distance_expansion(dist2)], -1)
         h_out, pos_out = self.egnn(h_in, pos, edge_index, edge_attr)
         return pos_out - pos, h_out

@@ -7,10 +7,10 @@ import torch
 from torch import Tensor
 from torch.nn import Linear, ModuleList, Sequential
 from torch_geometric.nn.models import DimeNetPlusPlus
-from torch_geometric.nn.models.schnet import GaussianSmearing
 
 from torch_enf.nn.egcl import EGCL
 from torch_enf.nn.graph import full_edge_index, radius_graph
+from torch_enf.nn.radial import RadialBasis
 from torch_enf.utils import (check_num_radial, check_positive_number,
                              default_batch, num_graphs_of, scatter_sum)
 
@@ -45,13 +45,11 @@ class EGNNRegressor(torch.nn.Module):
     permutations within each molecule.
 
     With :obj:`num_radial` :math:`= K > 0` (not in the paper) every layer
-    also sees :math:`K` Gaussians of the distance as edge attributes,
-    :math:`\exp(-(d_{ij} - \mu_k)^2 / 2\delta^2)` with centres
-    :math:`\mu_k` evenly spaced on :math:`[0, r_c]` and width :math:`\delta`
-    their spacing, the distance features of SchNet (50 Gaussians on
-    :math:`[0, 10]` Angstrom there). The paper's layers see only
-    :math:`d_{ij}^2`, from which an MLP resolves fine differences of
-    distance slowly.
+    also sees :math:`K` Gaussians of the distance on :math:`[0, r_c]` as
+    edge attributes (:class:`~torch_enf.nn.RadialBasis`), the distance
+    features of SchNet (50 Gaussians on :math:`[0, 10]` Angstrom there).
+    The paper's layers see only :math:`d_{ij}^2`, from which an MLP
+    resolves fine differences of distance slowly.
 
     Args:
         in_channels (int, optional): Size of the node features
@@ -100,8 +98,8 @@ class EGNNRegressor(torch.nn.Module):
         self.out_channels = out_channels
         self.num_radial = num_radial
         self.readout = readout
-        self.distance_expansion = GaussianSmearing(
-            0.0, radial_cutoff, num_radial) if num_radial > 0 else None
+        self.distance_expansion = RadialBasis(
+            radial_cutoff, num_radial) if num_radial > 0 else None
         self.embedding = Linear(in_channels, hidden_channels)
         self.layers = ModuleList(
             EGCL(in_channels=hidden_channels, out_channels=hidden_channels,
@@ -137,11 +135,10 @@ class EGNNRegressor(torch.nn.Module):
         edge_attr = None
         if self.distance_expansion is not None:
             source, target = edge_index
-            # The positions never move, so the features serve every layer;
-            # the clamp keeps forces finite where two atoms coincide.
+            # The positions never move, so the features serve every layer.
             dist2 = (pos.index_select(0, target) -
                      pos.index_select(0, source)).pow(2).sum(-1)
-            edge_attr = self.distance_expansion(dist2.clamp_min(1e-12).sqrt())
+            edge_attr = self.distance_expansion(dist2)
         h = self.embedding(x)
         for layer in self.layers:
             h = layer(h, pos, edge_index, edge_attr)[0]
