@@ -33,14 +33,19 @@ def read_runs(folder: str) -> List[Dict]:
                          f'{folder}')
     order = list(MODEL_NAMES)
     return sorted(runs, key=lambda r: (r['target'], order.index(r['model']),
-                                       r.get('num_radial', 0)))
+                                       model_name(r)))
 
 
 def model_name(run: Dict) -> str:
-    r"""The model of a run, with the EGNN's radial basis if it had one."""
+    r"""The model of a run, with what differs from the paper's recipe: the
+    EGNN's radial basis, its readout, the learning rate."""
     name = MODEL_NAMES[run['model']]
     if run.get('num_radial'):
         name += f", {run['num_radial']} Gaussians"
+    if run.get('readout', 'graph') != 'graph':
+        name += f", {run['readout']} readout"
+    if run['lr'] != 1e-3:
+        name += f", lr {run['lr']:g}"
     return name
 
 
