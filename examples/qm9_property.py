@@ -58,7 +58,7 @@ from torch_enf.utils import check_num_radial
 
 MODELS = ('egnn', 'schnet', 'dimenet++')
 VALID_SUBSET_SEED = 0
-DEFAULT_LR = 1e-3  # the official code's, for every target but alpha
+DEFAULT_LR = 1e-3  # the paper's recipe here, for every target
 TRIM_EVERY = 10  # training steps between returns of freed heap to the OS
 LIBC = ctypes.CDLL(None) if sys.platform.startswith('linux') else None
 

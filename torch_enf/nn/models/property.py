@@ -36,8 +36,9 @@ class EGNNRegressor(torch.nn.Module):
     :obj:`readout="atom"` (not in the paper) the sum moves to the end,
     :math:`y_g = \sum_{i \in g} \phi_g(\phi_n(\mathbf{h}^{L}_i))`, with the
     same parameters: every atom contributes its own share of the property,
-    as in SchNet's readout, which suits extensive properties such as the
-    polarizability. The positions
+    as in SchNet's readout (on QM9's polarizability, an extensive property,
+    it trained slower than the paper's readout in a one-hour run). The
+    positions
     :math:`\mathbf{p}` are never updated (as in the official code, which
     drops the coordinate update for QM9): the layers are built with
     :obj:`update_pos=False`, without the coordinate network :math:`\phi_x`.
