@@ -121,13 +121,16 @@ def check_positive_integer(value: Any, name: str) -> None:
                          f"{value!r})")
 
 
-def check_num_radial(value: Any, name: str = 'num_radial') -> None:
+def check_num_radial(value: Any, name: str = 'num_radial',
+                     allow_zero: bool = True) -> None:
     r"""Raises :class:`ValueError` unless :obj:`value` is a valid number of
-    radial basis functions: :obj:`0` (none) or an integer of at least 2
-    (one Gaussian has no spacing to set its width)."""
+    radial basis functions: an integer of at least 2 (one Gaussian has no
+    spacing to set its width), or :obj:`0` (none) with
+    :obj:`allow_zero`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or value < 0 or value == 1:
-        raise ValueError(f"'{name}' must be 0 or an integer of at least 2 "
+            or value < 0 or value == 1 or (value == 0 and not allow_zero):
+        allowed = '0 or an integer' if allow_zero else 'an integer'
+        raise ValueError(f"'{name}' must be {allowed} of at least 2 "
                          f"(got {value!r})")
 
 

@@ -1,10 +1,8 @@
 r"""Radial basis features of interatomic distances."""
-import numbers
-
 from torch import Tensor
 from torch_geometric.nn.models.schnet import GaussianSmearing
 
-from torch_enf.utils import check_positive_number
+from torch_enf.utils import check_num_radial, check_positive_number
 
 
 class RadialBasis(GaussianSmearing):
@@ -35,10 +33,7 @@ class RadialBasis(GaussianSmearing):
     """
     def __init__(self, cutoff: float, num_radial: int) -> None:
         check_positive_number(cutoff, 'radial_cutoff')
-        if isinstance(num_radial, bool) or \
-                not isinstance(num_radial, numbers.Integral) or num_radial < 2:
-            raise ValueError(f"'num_radial' must be an integer of at least "
-                             f"2 (got {num_radial!r})")
+        check_num_radial(num_radial, allow_zero=False)
         super().__init__(0.0, cutoff, num_radial)
         self.cutoff = cutoff
         self.num_radial = num_radial
