@@ -38,8 +38,7 @@ def read_runs(folder: str) -> List[Dict]:
 
 def model_name(run: Dict) -> str:
     r"""The model of a run, with what differs from the paper's recipe: the
-    EGNN's radial basis, its readout, the learning rate, the batch size and
-    the moving average of the parameters."""
+    EGNN's radial basis, its readout, the learning rate, the batch size."""
     name = MODEL_NAMES[run['model']]
     if run.get('num_radial'):
         name += f", {run['num_radial']} Gaussians"
@@ -49,8 +48,6 @@ def model_name(run: Dict) -> str:
         name += f", lr {run['lr']:g}"
     if run['batch_size'] != 96:
         name += f", batch {run['batch_size']}"
-    if run.get('ema'):
-        name += f", EMA {run['ema']:g}"
     return name
 
 

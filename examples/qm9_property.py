@@ -42,7 +42,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn.models import SchNet
@@ -88,10 +87,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--batch-size', type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument('--lr', type=float, default=DEFAULT_LR)
-    p.add_argument('--ema', type=float, default=0.0,
-                   help='decay of an exponential moving average of the '
-                        'parameters that is validated and kept instead of '
-                        'the parameters themselves (0: none, the paper)')
     p.add_argument('--weight-decay', type=float, default=1e-16)
     p.add_argument('--bf16', action='store_true',
                    help='train under bfloat16 autocast (validation and '
@@ -127,8 +122,6 @@ def check_args(args: argparse.Namespace) -> Target:
               ('--num-train', args.num_train, SPLIT_SIZES['train']),
               ('--num-valid', args.num_valid, SPLIT_SIZES['valid']))
     check_num_radial(args.num_radial, '--num-radial')
-    if not 0.0 <= args.ema < 1.0:
-        raise ValueError(f"--ema must be a decay in [0, 1) (got {args.ema})")
     if args.num_radial and args.model != 'egnn':
         raise ValueError(f"--num-radial is an option of the egnn model "
                          f"({args.model} has its own distance basis)")
@@ -242,17 +235,14 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
         budget_s: float, max_steps: Optional[int] = None, lr: float = 1e-3,
         weight_decay: float = 1e-16, num_evals: int = 20,
         device: torch.device = torch.device('cpu'), bf16: bool = False,
-        ema: float = 0.0, progress: bool = True) -> Dict:
+        progress: bool = True) -> Dict:
     r"""Trains :obj:`model` by L1 on the normalised target until
     :obj:`budget_s` seconds of training (or :obj:`max_steps` steps) are
     spent, with the learning rate on a cosine over that plan, validating
     :obj:`num_evals` times and at the end, and loads the parameters of the
     best validation MAE. With :obj:`bf16`, the training steps run under
     :func:`torch.autocast` in :obj:`torch.bfloat16` (the loss and the
-    validation in float32). With :obj:`ema` :math:`= \beta > 0`, the
-    validations see the moving average
-    :math:`\bar\theta \leftarrow \beta \bar\theta + (1 - \beta)\theta`
-    updated after every step, and the best average is the one loaded.
+    validation in float32).
 
     Returns:
         dict: :obj:`steps`, :obj:`epochs`, :obj:`train_seconds`, the
@@ -262,9 +252,6 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr,
                                  weight_decay=weight_decay)
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema),
-                             use_buffers=True) if ema > 0 else None
-    validated = averaged.module if averaged is not None else model
     steps, train_s, curve = 0, 0.0, []
     best = (math.inf, 0, copy.deepcopy(model.state_dict()))
     used = None
@@ -287,8 +274,6 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
             if used is None:
                 used = sum(p.numel() for p in model.parameters()
                            if p.grad is not None)
-            if averaged is not None:
-                averaged.update_parameters(model)
             steps += 1
             if steps % TRIM_EVERY == 0:
                 release_freed_memory()
@@ -296,11 +281,11 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
             bar.update(round(train_s + elapsed) - round(train_s))
             train_s += elapsed
             if math.floor(done() * num_evals) > len(curve):
-                mae = evaluate(validated, predict, valid_loader, index, mean,
+                mae = evaluate(model, predict, valid_loader, index, mean,
                                mad, device)
                 curve.append((steps, round(train_s, 1), mae))
                 if mae < best[0]:
-                    best = (mae, steps, copy.deepcopy(validated.state_dict()))
+                    best = (mae, steps, copy.deepcopy(model.state_dict()))
                 bar.set_postfix(loss=f'{loss.item():.3f}',
                                 valid_mae=f'{mae:.4g}')
             if done() >= 1.0:
@@ -319,7 +304,7 @@ def fit(model: torch.nn.Module, predict: Predict, train_loader: DataLoader,
 def result_name(args: argparse.Namespace) -> str:
     r"""The model's name in the results file, with the options that differ
     from the paper's recipe: ``egnn``, ``egnn-rbf50``, ``egnn-atom-lr5e-04``,
-    ``egnn-bs32-ema0.999``.
+    ``egnn-bs32``.
     """
     parts = [args.model.replace('+', 'p')]
     if args.num_radial:
@@ -330,8 +315,6 @@ def result_name(args: argparse.Namespace) -> str:
         parts.append(f'lr{args.lr:.0e}')
     if args.batch_size != DEFAULT_BATCH_SIZE:
         parts.append(f'bs{args.batch_size}')
-    if args.ema:
-        parts.append(f'ema{args.ema:g}')
     return '-'.join(parts)
 
 
@@ -372,8 +355,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     history = fit(model, predict, loaders['train'], loaders['valid'],
                   target.index, mean, mad, 60.0 * args.budget,
                   args.max_steps, args.lr, args.weight_decay,
-                  args.num_evals, device, args.bf16, args.ema,
-                  not args.no_progress)
+                  args.num_evals, device, args.bf16, not args.no_progress)
     test_mae = evaluate(model, predict, loaders['test'], target.index, mean,
                         mad, device)
     results = dict(
@@ -384,8 +366,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         wall_clock_seconds=time.perf_counter() - start,
         num_train=len(splits['train']), num_valid=len(splits['valid']),
         num_test=len(splits['test']), batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, ema=args.ema,
-        bf16=args.bf16,
+        lr=args.lr, weight_decay=args.weight_decay, bf16=args.bf16,
         seed=args.seed,
         train_mean=mean, train_mad=mad, machine=machine(device),
         command=' '.join(sys.argv))

@@ -335,42 +335,8 @@ def test_training_lowers_validation_mae(generator, bf16, monkeypatch):
                                 history['best_valid_mae'], rel=1e-5)
 
 
-def test_moving_average_is_validated_and_kept(generator, monkeypatch):
-    example = load_example()
-    snapshots = []  # the parameters after every training step
-    step = example.train_step
-
-    def recorded_step(model, *args):
-        loss = step(model, *args)
-        snapshots.append([p.detach().clone() for p in model.parameters()])
-        return loss
-
-    monkeypatch.setattr(example, 'train_step', recorded_step)
-    train = synthetic_dataset(generator, 64)
-    model = EGNNRegressor(in_channels=15, hidden_channels=16, num_layers=2)
-    predict = lambda model, data: model(data.x, data.pos,  # noqa: E731
-                                        data.batch, data.num_graphs)
-    loader = DataLoader(train, batch_size=16, shuffle=True)
-    decay = 0.7
-    history = example.fit(model, predict, loader, loader, 2, 0.0, 1.0,
-                          budget_s=1e6, max_steps=5, lr=1e-2, num_evals=1,
-                          ema=decay, progress=False)
-    assert history['steps'] == 5 and history['best_step'] == 5
-    average = snapshots[0]  # the first update copies the parameters
-    for params in snapshots[1:]:
-        average = [decay * a + (1 - decay) * p
-                   for a, p in zip(average, params)]
-    for loaded, expected in zip(model.parameters(), average):
-        torch.testing.assert_close(loaded, expected)
-    assert not all(torch.allclose(p, q) for p, q in
-                   zip(model.parameters(), snapshots[-1]))
-    assert history['best_valid_mae'] == pytest.approx(example.evaluate(
-        model, predict, loader, 2, 0.0, 1.0, torch.device('cpu')), rel=1e-5)
-
-
 @pytest.mark.parametrize('options, message', [
     (['--target', 'enthalpy'], 'homo, lumo, gap'),
-    (['--ema', '1'], r'--ema must be a decay in \[0, 1\)'),
     (['--target', '12'], '0 to 11'),
     (['--budget', '0'], '--budget must be a positive'),
     (['--budget', 'nan'], '--budget must be a positive'),
@@ -399,5 +365,4 @@ def test_result_names_carry_the_options_that_differ_from_the_paper():
     assert name(['--model', 'dimenet++']) == 'dimenetpp'
     assert name(['--num-radial', '50']) == 'egnn-rbf50'
     assert name(['--readout', 'atom', '--lr', '5e-4']) == 'egnn-atom-lr5e-04'
-    assert name(['--batch-size', '32', '--ema', '0.999']) == \
-        'egnn-bs32-ema0.999'
+    assert name(['--batch-size', '32', '--lr', '2e-3']) == 'egnn-lr2e-03-bs32'
