@@ -39,7 +39,8 @@ from torch_geometric.loader import DataLoader
 from torch_enf.boltzmann import (effective_sample_size,
                                  log_partition_function)
 from torch_enf.evaluation import evaluate_nll
-from torch_enf.flows import DEFAULT_SOLVER, ConformerFlow, SolverOptions
+from torch_enf.flows import (DEFAULT_SOLVER, PREDICTIONS, ConformerFlow,
+                             SolverOptions)
 from torch_enf.io import atomic_path
 from torch_enf.objectives import FlowMatching
 from torch_enf.systems import (AlanineDipeptide, bootstrap_delta_f,
@@ -111,7 +112,7 @@ def train(flow: ConformerFlow, splits: Dict[str, Tensor],
     state = fit(flow, FlowMatching(), loader, args.run_dir, config,
                 validate=validation_loss(valid, args.batch_size),
                 resume=args.resume, run_config=run_config(args),
-                progress=False)
+                canonical_run=canonical_run, progress=False)
     flow.load_state_dict(torch.load(osp.join(args.run_dir, 'best.pt')))
     sampler = SolverOptions('midpoint', num_steps=args.sample_steps) \
         if args.sample_steps else DEFAULT_SOLVER
@@ -234,16 +235,24 @@ def evaluate(flow: ConformerFlow, system: AlanineDipeptide,
 def model_options(args: argparse.Namespace) -> ModelOptions:
     r"""The model of the :obj:`alanine-dipeptide` task of these flags."""
     return ModelOptions(hidden_channels=args.hidden, num_layers=args.layers,
-                        num_radial=args.num_radial)
+                        num_radial=args.num_radial,
+                        prediction=args.prediction)
 
 
 def run_config(args: argparse.Namespace) -> Dict[str, Any]:
     r"""What defines a training run (compared on :obj:`--resume`)."""
     return dict(data=osp.abspath(args.data), unit='angstrom',
                 hidden=args.hidden, layers=args.layers,
-                num_radial=args.num_radial, batch_size=args.batch_size,
+                num_radial=args.num_radial, prediction=args.prediction,
+                batch_size=args.batch_size,
                 lr=args.lr, ema=args.ema, seed=args.seed,
                 num_valid=args.num_valid, max_train=args.max_train)
+
+
+def canonical_run(stored: Dict[str, Any]) -> Dict[str, Any]:
+    r"""A stored :func:`run_config`: runs from before :obj:`--prediction`
+    existed predicted the velocity."""
+    return dict(dict(prediction='velocity'), **stored)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -257,6 +266,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add('--hidden', type=int, default=64)
     add('--layers', type=int, default=4)
     add('--num-radial', type=int, default=0)
+    add('--prediction', choices=PREDICTIONS, default='velocity',
+        help="what the EGNN predicts: the velocity or the clean endpoint")
     add('--batch-size', type=int, default=128)
     add('--lr', type=float, default=5e-4)
     add('--ema', type=float, default=0.999)

@@ -419,6 +419,11 @@ def test_init_starts_from_the_weights_of_another_run(points_run, tmp_path):
     start_from(model, str(points_run / 'model.pt'))
     for name, value in trained.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+    # a model file written before its configuration gained a field
+    older = torch.load(points_run / 'model.pt', weights_only=False)
+    del older['model']['config']['prediction']
+    torch.save(older, tmp_path / 'older.pt')
+    start_from(model, str(tmp_path / 'older.pt'))
     data = points_run.parent / 'points.npy'
     assert run_cli('train', 'points', '--data', data, '--root',
                    points_run.parent / 'data', '--out', tmp_path / 'more',

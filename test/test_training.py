@@ -155,6 +155,11 @@ def test_resume_compares_every_stored_option(tmp_path):
     with pytest.raises(ValueError, match=r'width: checkpoint None, now 3'):
         run_fit(tmp_path, 3, run_config=dict(hidden=8, num_samples=100,
                                              width=3), resume=True)
+    # unless the caller says what a run stored without it meant
+    _, state = run_fit(tmp_path, 2, run_config=dict(hidden=8, num_samples=100,
+                                                    width=3), resume=True,
+                       canonical_run=lambda stored: dict(stored, width=3))
+    assert state.epoch == 2
 
 
 def test_checkpoints_of_another_kind_are_refused(tmp_path):

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from torch_enf.flows import (ADAPTIVE_SOLVERS, FIXED_STEP_SOLVERS,
-                             ODESolveError, SolverOptions)
+                             PREDICTIONS, ODESolveError, SolverOptions)
 from torch_enf.utils import json_safe
 
 PICTURE_SUFFIXES = ('.png', '.pdf', '.svg')
@@ -210,6 +210,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help='Gaussian distance features per edge (default: '
                    'none, only the squared distance)')
     m.add_argument('--radial-cutoff', type=float, default=5.0)
+    m.add_argument('--prediction', choices=PREDICTIONS, default='velocity',
+                   help="what the EGNN predicts: 'velocity', or 'endpoint' "
+                   "(the clean graph, the velocity following from it)")
     m.add_argument('--graph', default='auto',
                    help="'full', a cutoff radius for radius graphs, or "
                    "'auto' (the task's choice: radius graphs of 5 Angstrom "
@@ -367,7 +370,7 @@ def run_configs(args: argparse.Namespace):
                            args.radial_cutoff, _graph(args.graph),
                            not args.no_adjoint, args.dequantizer,
                            args.class_margin, args.actnorm,
-                           args.atom_types),
+                           args.atom_types, args.prediction),
         fit=FitConfig(epochs=args.epochs, lr=args.lr,
                       lr_schedule=args.lr_schedule, ema_decay=ema,
                       eval_every=args.eval_every or max(1,

@@ -306,18 +306,25 @@ class Checkpointer:
             :meth:`resume`.
         metadata (dict, optional): Stored as it is (*e.g.* what rebuilds
             the model).
+        canonical_run (callable, optional): Maps a stored run to the form
+            the present code writes (*e.g.* fills in configuration fields
+            added since it was stored) before it is compared on
+            :meth:`resume`.
     """
     def __init__(self, out: str, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer,
                  ema: Optional[ExponentialMovingAverage] = None,
                  run: Optional[Dict[str, Any]] = None,
-                 metadata: Optional[Dict[str, Any]] = None):
+                 metadata: Optional[Dict[str, Any]] = None,
+                 canonical_run: Optional[Callable[[Dict[str, Any]],
+                                                  Dict[str, Any]]] = None):
         self.out = out
         self.model = model
         self.optimizer = optimizer
         self.ema = ema
         self.run = run or {}
         self.metadata = metadata or {}
+        self.canonical_run = canonical_run
 
     @property
     def checkpoint_path(self) -> str:
@@ -345,7 +352,10 @@ class Checkpointer:
         if not osp.exists(self.checkpoint_path):
             return None
         checkpoint = load_checkpoint(self.checkpoint_path, map_location)
-        differ = run_differences(checkpoint.get('run', {}), self.run)
+        stored = checkpoint.get('run', {})
+        if self.canonical_run is not None:
+            stored = self.canonical_run(stored)
+        differ = run_differences(stored, self.run)
         if differ:
             details = '; '.join(f'{name}: checkpoint {stored!r}, now '
                                 f'{current!r}'
@@ -410,6 +420,8 @@ def fit(
     optimizer: Optional[torch.optim.Optimizer] = None,
     resume: bool = False,
     run_config: Optional[Dict[str, Any]] = None,
+    canonical_run: Optional[Callable[[Dict[str, Any]],
+                                     Dict[str, Any]]] = None,
     metadata: Optional[Dict[str, Any]] = None,
     context: Optional[DistributedContext] = None,
     progress: bool = True,
@@ -452,6 +464,9 @@ def fit(
         run_config (dict, optional): Plain data that defines the run
             (model, data, ...); stored and compared on resume. The keys
             :obj:`"fit"` and :obj:`"objective"` are added by :func:`fit`.
+        canonical_run (callable, optional): Brings a run stored by an
+            earlier version to the present form before the comparison on
+            resume (see :class:`Checkpointer`).
         metadata (dict, optional): Stored in the checkpoint as it is (*e.g.*
             what rebuilds the model).
         context (DistributedContext, optional): The process's place in a
@@ -482,7 +497,8 @@ def fit(
         if config.ema_decay is not None else None
     evaluated = model if ema is None else ema.model
     files = Checkpointer(out, model, optimizer, ema,
-                         _run(run_config, config, objective), metadata)
+                         _run(run_config, config, objective), metadata,
+                         canonical_run)
     state = files.resume(context.device) if resume else None
     if state is not None:
         log(f'Resuming {out} after epoch {state.epoch}')

@@ -1,7 +1,7 @@
 r"""E(n)-equivariant continuous normalizing flows."""
 from .distributions import CenteredGaussian, NodeGaussian
 from .divergence import exact_divergence, hutchinson_divergence
-from .dynamics import EGNNDynamics
+from .dynamics import PREDICTIONS, EGNNDynamics
 from .integrator import (ADAPTIVE_SOLVERS, DEFAULT_SOLVER, ERROR_NORMS,
                          FIXED_STEP_SOLVERS, EvaluationBudgetExceeded,
                          EvaluationCount,
@@ -18,13 +18,15 @@ from .molecule import MoleculeFlow, MoleculeFlowConfig
 from .composition import (CompositionDistribution, CompositionFlow,
                           CompositionFlowConfig)
 from .conformer import AtomTypeDynamics, ConformerFlow, ConformerFlowConfig
-from .models import FLOW_MODELS, model_config, model_from_config
+from .models import (FLOW_MODELS, canonical_model_config, model_config,
+                     model_from_config)
 
 __all__ = [
     'FlowModel',
     'ENFlow',
     'ENFlowConfig',
     'EGNNDynamics',
+    'PREDICTIONS',
     'VectorField',
     'SolverOptions',
     'DEFAULT_SOLVER',
@@ -58,6 +60,7 @@ __all__ = [
     'ConformerFlowConfig',
     'AtomTypeDynamics',
     'FLOW_MODELS',
+    'canonical_model_config',
     'model_config',
     'model_from_config',
 ]

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from torch_enf.config import Config
-from torch_enf.flows.dynamics import EGNNDynamics
+from torch_enf.flows.dynamics import EGNNDynamics, check_prediction
 from torch_enf.flows.base import FlowInputs
 from torch_enf.flows.enflow import ENFlow
 from torch_enf.utils import check_positive_number, graph_sizes
@@ -33,6 +33,7 @@ class ConformerFlowConfig(Config):
     num_radial: int = 0
     radial_cutoff: float = 8.0
     adjoint: bool = True
+    prediction: str = 'velocity'
 
     def __post_init__(self):
         types = self.atom_types
@@ -48,6 +49,7 @@ class ConformerFlowConfig(Config):
                 raise ValueError(f"'{name}' must be a positive integer "
                                  f"(got {value!r})")
         check_positive_number(self.radial_cutoff, 'radial_cutoff')
+        check_prediction(self.prediction)
 
 
 class AtomTypeDynamics(torch.nn.Module):
@@ -68,15 +70,19 @@ class AtomTypeDynamics(torch.nn.Module):
         num_radial (int): Gaussian distance features per edge (see
             :class:`EGNNDynamics`).
         radial_cutoff (float): The last centre of those features.
+        prediction (str): What the EGNN predicts, :obj:`"velocity"` or
+            :obj:`"endpoint"` (see :class:`EGNNDynamics`).
     """
     def __init__(self, atom_types: Tensor, hidden_channels: int,
-                 num_layers: int, num_radial: int, radial_cutoff: float):
+                 num_layers: int, num_radial: int, radial_cutoff: float,
+                 prediction: str = 'velocity'):
         super().__init__()
         self.register_buffer('one_hot', torch.nn.functional.one_hot(
             atom_types, int(atom_types.max()) + 1).float())
         self.egnn = EGNNDynamics(3, self.one_hot.size(1), hidden_channels,
                                  num_layers, num_radial=num_radial,
-                                 radial_cutoff=radial_cutoff)
+                                 radial_cutoff=radial_cutoff,
+                                 prediction=prediction)
 
     def reset_parameters(self):
         r"""Resets all learnable parameters of the module."""
@@ -114,20 +120,24 @@ class ConformerFlow(ENFlow):
             in the units of the positions. (default: :obj:`8.0`)
         adjoint (bool, optional): Back-propagate through ODE solves with
             the adjoint method. (default: :obj:`True`)
+        prediction (str, optional): What the EGNN predicts,
+            :obj:`"velocity"` or :obj:`"endpoint"` (see
+            :class:`EGNNDynamics`). (default: :obj:`"velocity"`)
     """
     config_class = ConformerFlowConfig
 
     def __init__(self, atom_types: Union[Sequence[int], Tensor],
                  hidden_channels: int = 64, num_layers: int = 4, *,
                  num_radial: int = 0, radial_cutoff: float = 8.0,
-                 adjoint: bool = True):
+                 adjoint: bool = True, prediction: str = 'velocity'):
         types = tuple(int(t) for t in torch.as_tensor(atom_types).tolist())
         self._conformer_config = ConformerFlowConfig(
             types, hidden_channels, num_layers, num_radial, radial_cutoff,
-            adjoint)
+            adjoint, prediction)
         types = torch.tensor(types)
         super().__init__(3, dynamics=AtomTypeDynamics(
-            types, hidden_channels, num_layers, num_radial, radial_cutoff),
+            types, hidden_channels, num_layers, num_radial, radial_cutoff,
+            prediction),
             adjoint=adjoint)
         self.register_buffer('types', types)
 
@@ -140,7 +150,7 @@ class ConformerFlow(ENFlow):
         return cls(config.atom_types, config.hidden_channels,
                    config.num_layers, num_radial=config.num_radial,
                    radial_cutoff=config.radial_cutoff,
-                   adjoint=config.adjoint)
+                   adjoint=config.adjoint, prediction=config.prediction)
 
     def config(self) -> ConformerFlowConfig:
         r"""The configuration of this flow (with its current

@@ -6,6 +6,18 @@ from torch import Tensor
 from torch_enf.nn import EGNN, RadialBasis
 from torch_enf.utils import check_num_radial, check_positive_number
 
+PREDICTIONS = ('velocity', 'endpoint')
+ENDPOINT_TIME_OFFSET = 0.01
+
+
+def check_prediction(prediction: str) -> str:
+    r"""Returns :obj:`prediction` if it is one of :obj:`PREDICTIONS` and
+    raises :class:`ValueError` otherwise."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"'prediction' must be one of {PREDICTIONS} (got "
+                         f"{prediction!r})")
+    return prediction
+
 
 class EGNNDynamics(torch.nn.Module):
     r"""The time-conditioned EGNN vector field of the E-NF,
@@ -18,6 +30,24 @@ class EGNNDynamics(torch.nn.Module):
         \|\mathbf{x}_i - \mathbf{x}_j\|^2 \right), \qquad
         \frac{d\mathbf{x}}{dt} = \mathbf{x}^{out} - \mathbf{x}, \qquad
         \frac{d\mathbf{h}}{dt} = \mathbf{h}^{out}.
+
+    With :obj:`prediction="endpoint"` the EGNN's output positions are read
+    as the clean positions at :math:`t = 0` that the current state flows
+    to, and the position velocity points away from them along the straight
+    path of flow matching,
+
+    .. math::
+        \frac{d\mathbf{x}}{dt} = \frac{\mathbf{x} - \mathbf{x}^{out}}
+        {t + \epsilon},
+
+    with :math:`\epsilon = 0.01` (:obj:`ENDPOINT_TIME_OFFSET`) keeping the
+    field finite at the data; the features keep their velocity
+    :math:`\mathbf{h}^{out}`. Any velocity can be written so, but the scale
+    :math:`1 / (t + \epsilon)` is built in rather than learnt: near the
+    data the EGNN only has to move every atom to its predicted place, a
+    local function of the distances, as diffusion models that predict the
+    clean data do. At initialisation the coordinate updates are near zero,
+    so the field starts near zero either way.
 
     With :obj:`num_radial` :math:`= K > 0` the edge attributes also hold
     :math:`K` Gaussians of the distance on :math:`[0, r_c]`
@@ -57,6 +87,10 @@ class EGNNDynamics(torch.nn.Module):
             network sees beside :math:`\mathbf{h}` but that do not flow:
             :math:`[\mathbf{h}, \mathbf{c}, t]` enters the EGNN.
             (default: :obj:`0`)
+        prediction (str, optional): :obj:`"velocity"` (the EGNN's
+            displacement is the position velocity) or :obj:`"endpoint"`
+            (its output positions are the predicted clean positions, see
+            above). (default: :obj:`"velocity"`)
     """
     def __init__(
         self,
@@ -72,6 +106,7 @@ class EGNNDynamics(torch.nn.Module):
         num_radial: int = 0,
         radial_cutoff: float = 5.0,
         context_channels: int = 0,
+        prediction: str = 'velocity',
     ):
         super().__init__()
         if isinstance(context_channels, bool) or \
@@ -84,6 +119,7 @@ class EGNNDynamics(torch.nn.Module):
         self.node_channels = node_channels
         self.context_channels = context_channels
         self.condition_time = condition_time
+        self.prediction = check_prediction(prediction)
         in_channels = node_channels + context_channels + int(condition_time)
         self.in_channels = max(in_channels, 1)
         self.distance_expansion = RadialBasis(
@@ -140,4 +176,10 @@ class EGNNDynamics(torch.nn.Module):
         if self.distance_expansion is not None:
             edge_attr = torch.cat([dist2, self.distance_expansion(dist2)], -1)
         h_out, pos_out = self.egnn(h_in, pos, edge_index, edge_attr)
-        return pos_out - pos, h_out
+        if self.prediction == 'velocity':
+            return pos_out - pos, h_out
+        scale = t.to(pos.dtype).reshape(-1, 1) + ENDPOINT_TIME_OFFSET
+        return (pos - pos_out) / scale, h_out
+
+    def extra_repr(self) -> str:
+        return f'prediction={self.prediction}'

@@ -12,7 +12,7 @@ from torch_enf.config import Config
 from torch_enf.flows.base import FlowInputs, FlowModel
 from torch_enf.flows.distributions import CenteredGaussian, NodeGaussian
 from torch_enf.flows.divergence import sample_probe
-from torch_enf.flows.dynamics import EGNNDynamics
+from torch_enf.flows.dynamics import EGNNDynamics, check_prediction
 from torch_enf.flows.integrator import (DEFAULT_SOLVER, AugmentedODE,
                                         EvaluationCount, SolverOptions,
                                         integrate)
@@ -89,6 +89,7 @@ class ENFlowConfig(Config):
     adjoint_seminorm: bool = False
     hutchinson_noise: str = 'rademacher'
     context_channels: int = 0
+    prediction: str = 'velocity'
 
     def __post_init__(self):
         for name, least in (('n_dims', 1), ('node_channels', 0),
@@ -112,6 +113,7 @@ class ENFlowConfig(Config):
             raise ValueError(f"'hutchinson_noise' must be one of "
                              f"{HUTCHINSON_NOISES} (got "
                              f"{self.hutchinson_noise!r})")
+        check_prediction(self.prediction)
 
 
 class ENFlow(FlowModel):
@@ -214,6 +216,10 @@ class ENFlow(FlowModel):
             default dynamics, see :class:`EGNNDynamics`; a custom
             :obj:`dynamics` must accept them as :obj:`context`).
             (default: :obj:`0`)
+        prediction (str, optional): What the default dynamics' EGNN
+            predicts: :obj:`"velocity"` or :obj:`"endpoint"` (the clean
+            positions, see :class:`EGNNDynamics`).
+            (default: :obj:`"velocity"`)
     """
     config_class = ENFlowConfig
 
@@ -236,13 +242,14 @@ class ENFlow(FlowModel):
         adjoint_seminorm: bool = False,
         hutchinson_noise: str = 'rademacher',
         context_channels: int = 0,
+        prediction: str = 'velocity',
     ):
         super().__init__()
         config = ENFlowConfig(n_dims, node_channels, hidden_channels,
                               num_layers, edge_inference, coords_norm,
                               coords_range, aggr, num_radial, radial_cutoff,
                               graph, adjoint, adjoint_seminorm,
-                              hutchinson_noise, context_channels)
+                              hutchinson_noise, context_channels, prediction)
         self._architecture = None if dynamics is not None else config
         # One probe is drawn from the global generator before the parameters,
         # as torch-enf 0.1 did, so that seeded runs initialise as they did
@@ -258,7 +265,8 @@ class ENFlow(FlowModel):
                                     coords_range=coords_range, aggr=aggr,
                                     num_radial=num_radial,
                                     radial_cutoff=radial_cutoff,
-                                    context_channels=context_channels)
+                                    context_channels=context_channels,
+                                    prediction=prediction)
         self.vector_field = VectorField(dynamics, config.graph)
         self.adjoint = adjoint
         self.adjoint_seminorm = adjoint_seminorm

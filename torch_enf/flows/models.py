@@ -8,7 +8,7 @@ rebuilt by :func:`model_from_config`, whatever its class.
     same = model_from_config(stored)
     same.load_state_dict(model.state_dict())
 """
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from torch_enf.flows.base import FlowModel
 from torch_enf.flows.composition import CompositionFlow
@@ -57,6 +57,26 @@ def model_from_config(stored: Dict[str, Any]) -> FlowModel:
         ValueError: If the name is unknown (the message lists the known
             ones) or the configuration is invalid.
     """
+    cls, config = _stored_config(stored)
+    return cls.from_config(config)
+
+
+def canonical_model_config(stored: Dict[str, Any]) -> Dict[str, Any]:
+    r""":obj:`stored` (as written by :func:`model_config`, perhaps by an
+    earlier version) as :func:`model_config` writes it now: fields that
+    the configuration gained since take their defaults, so that a stored
+    model compares equal to the same model built today.
+
+    Raises:
+        ValueError: As :func:`model_from_config`.
+    """
+    _, config = _stored_config(stored)
+    return dict(name=stored['name'], config=config.to_dict())
+
+
+def _stored_config(stored: Dict[str, Any]) -> Tuple[type, Any]:
+    r"""The registered class and the checked configuration of
+    :obj:`stored`."""
     if not isinstance(stored, dict) or set(stored) != {'name', 'config'}:
         raise ValueError(f"'stored' must be a dictionary with 'name' and "
                          f"'config' (got {stored!r:.200})")
@@ -65,4 +85,4 @@ def model_from_config(stored: Dict[str, Any]) -> FlowModel:
         raise ValueError(f"Unknown flow model {name!r} (expected one of "
                          f"{sorted(FLOW_MODELS)})")
     cls = FLOW_MODELS[name]
-    return cls.from_config(cls.config_class.from_dict(stored['config']))
+    return cls, cls.config_class.from_dict(stored['config'])

@@ -170,7 +170,8 @@ class AlanineDipeptideTask(PointCloudTask):
                              options.hidden_channels, options.num_layers,
                              num_radial=options.num_radial,
                              radial_cutoff=options.radial_cutoff,
-                             adjoint=options.adjoint)
+                             adjoint=options.adjoint,
+                             prediction=options.prediction)
 
     def read_structures(self, path: str, model: torch.nn.Module
                         ) -> Structures:

@@ -16,7 +16,9 @@ from torch_enf.config import Config, differences
 from torch_enf.distributed import (DistributedContext, init_distributed,
                                    shard_loader, shutdown)
 from torch_enf.evaluation import NLLEstimate, evaluate_nll
-from torch_enf.flows import EvaluationCount, SolverOptions, model_config
+from torch_enf.flows import (EvaluationCount, SolverOptions,
+                             canonical_model_config, model_config)
+from torch_enf.flows.dynamics import check_prediction
 from torch_enf.objectives import Objective
 from torch_enf.storage import atomic_save, save_model
 from torch_enf.training import FitConfig, FitState, fit
@@ -71,7 +73,9 @@ class ModelOptions(Config):
     :obj:`"composition"` draws the composition from the training
     formulas and the positions from a flow conditioned on the types
     (:class:`~torch_enf.flows.CompositionFlow`; no dequantiser, class
-    margin or ActNorm)."""
+    margin or ActNorm). :obj:`prediction` is what the EGNN predicts,
+    :obj:`"velocity"` or :obj:`"endpoint"` (see
+    :class:`~torch_enf.flows.EGNNDynamics`)."""
     hidden_channels: int = 64
     num_layers: int = 6
     num_radial: int = 0
@@ -82,6 +86,7 @@ class ModelOptions(Config):
     class_margin: float = 0.0
     actnorm: bool = False
     atom_types: str = 'flow'
+    prediction: str = 'velocity'
 
     def __post_init__(self):
         for name in ('hidden_channels', 'num_layers', 'radial_cutoff'):
@@ -89,6 +94,7 @@ class ModelOptions(Config):
                 raise ValueError(f'{name} must be positive (got '
                                  f'{getattr(self, name)})')
         check_num_radial(self.num_radial)
+        check_prediction(self.prediction)
         if self.graph not in ('auto', 'full') and not (
                 isinstance(self.graph, (int, float)) and self.graph > 0):
             raise ValueError(f"graph must be 'auto', 'full' or a positive "
@@ -415,6 +421,7 @@ def _train(task: Task, run: RunConfig, objective: Objective,
     stored = model_config(model)
     state = fit(model, objective, loader, out, run.fit, validate=validate,
                 resume=resume, run_config=_identity(run, stored),
+                canonical_run=_canonical_run,
                 metadata=dict(model=stored, task=task.state(),
                               run=run.to_dict()),
                 context=context, progress=progress, log=log)
@@ -445,7 +452,8 @@ def start_from(model: torch.nn.Module, init: str) -> None:
     # pretrained imports the tasks to rebuild a model's task.
     from torch_enf.pretrained import read_model
     found = read_model(init)
-    changed = differences(found.model, model_config(model))
+    changed = differences(canonical_model_config(found.model),
+                          model_config(model))
     if changed:
         listed = '; '.join(f'{name}: {stored!r} in {init}, {built!r} here'
                            for name, stored, built in changed)
@@ -462,6 +470,14 @@ def _identity(run: RunConfig, stored_model: Dict[str, Any]
     return dict(task=run.task, data=run.data.to_dict(),
                 model=stored_model, batch_size=run.batch_size,
                 seed=run.seed)
+
+
+def _canonical_run(stored: Dict[str, Any]) -> Dict[str, Any]:
+    r"""A run of :func:`_identity` stored by an earlier version, with its
+    model configuration as it is written now."""
+    if 'model' not in stored:
+        return stored
+    return dict(stored, model=canonical_model_config(stored['model']))
 
 
 def run_summary(run: RunConfig, state: FitState) -> Dict[str, Any]:

@@ -121,7 +121,8 @@ class MoleculeTask(Task):
             radial_cutoff=options.radial_cutoff,
             graph=self.graph(options, int(sizes.max())),
             adjoint=options.adjoint,
-            context_channels=num_classes if composition else 0)
+            context_channels=num_classes if composition else 0,
+            prediction=options.prediction)
         if composition:
             types = _split_types(train, num_classes)
             batch = torch.repeat_interleave(

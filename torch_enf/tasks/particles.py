@@ -80,7 +80,8 @@ class PointCloudTask(Task):
                       options.num_layers, num_radial=options.num_radial,
                       radial_cutoff=options.radial_cutoff,
                       graph=self.graph(options, self.shape()[0]),
-                      adjoint=options.adjoint)
+                      adjoint=options.adjoint,
+                      prediction=options.prediction)
 
     def trace(self, requested: Optional[str]) -> str:
         if requested is not None:
