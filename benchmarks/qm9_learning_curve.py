@@ -24,7 +24,7 @@ against the hours of training, with each run's value at the mark::
 import argparse
 import json
 import os.path as osp
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from torch_enf.storage import atomic_save
 
@@ -80,26 +80,38 @@ def sittings(first: Dict, runs: List[str]) -> List[Dict]:
     return records
 
 
-def plot(records: List[Dict], path: str) -> None:
+def draw_curves(curves: List[Tuple[str, List[float], List[float]]],
+                mark: float, mark_label: str, xlabel: str, ylabel: str,
+                path: str) -> None:
+    r"""Plots :obj:`(label, x, validation)` curves with a dashed line at
+    :obj:`x = mark` and saves the figure to :obj:`path`."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for record in records:
-        steps, valid = zip(*record['valid'])
-        ax.plot(steps, valid, 'o-', ms=3, label=f"{record['name']} "
-                f"({record['hours_before']:.1f}-"
-                f"{record['hours_before'] + record['hours']:.1f} h)")
-    end = records[0]['steps']
-    ax.axvline(end, color='gray', ls='--', lw=0.8)
-    ax.annotate('2.5 h', (end, ax.get_ylim()[1]), ha='right', va='top',
+    for label, x, valid in curves:
+        ax.plot(x, valid, 'o-', ms=3, label=label)
+    ax.axvline(mark, color='gray', ls='--', lw=0.8)
+    ax.annotate(mark_label, (mark, ax.get_ylim()[1]), ha='right', va='top',
                 fontsize=8, color='gray')
-    ax.set_xlabel('optimiser steps (batch 128)')
-    ax.set_ylabel('validation NLL bound (nats)')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot(records: List[Dict], path: str) -> None:
+    curves = []
+    for record in records:
+        steps, valid = zip(*record['valid'])
+        end = record['hours_before'] + record['hours']
+        curves.append((f"{record['name']} ({record['hours_before']:.1f}-"
+                       f"{end:.1f} h)", steps, valid))
+    draw_curves(curves, records[0]['steps'], '2.5 h',
+                'optimiser steps (batch 128)', 'validation NLL bound (nats)',
+                path)
 
 
 def read_history(path: str) -> Dict:
@@ -132,22 +144,13 @@ def compare(histories: List[str], labels: List[str],
 
 
 def plot_compare(records: List[Dict], mark_hours: float, path: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    curves = []
     for record in records:
         _, hours, valid = zip(*record['valid'])
-        ax.plot(hours, valid, 'o-', ms=3, label=record['name'])
-    ax.axvline(mark_hours, color='gray', ls='--', lw=0.8)
-    ax.annotate(f'{mark_hours:g} h', (mark_hours, ax.get_ylim()[1]),
-                ha='right', va='top', fontsize=8, color='gray')
-    ax.set_xlabel('hours of training (2 CPU threads)')
-    ax.set_ylabel('validation NLL (nats)')
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        curves.append((record['name'], hours, valid))
+    draw_curves(curves, mark_hours, f'{mark_hours:g} h',
+                'hours of training (2 CPU threads)', 'validation NLL (nats)',
+                path)
 
 
 def main() -> None:
