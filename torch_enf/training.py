@@ -352,10 +352,10 @@ class Checkpointer:
         if not osp.exists(self.checkpoint_path):
             return None
         checkpoint = load_checkpoint(self.checkpoint_path, map_location)
-        stored = checkpoint.get('run', {})
+        stored_run = checkpoint.get('run', {})
         if self.canonical_run is not None:
-            stored = self.canonical_run(stored)
-        differ = run_differences(stored, self.run)
+            stored_run = self.canonical_run(stored_run)
+        differ = run_differences(stored_run, self.run)
         if differ:
             details = '; '.join(f'{name}: checkpoint {stored!r}, now '
                                 f'{current!r}'
